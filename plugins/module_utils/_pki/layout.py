@@ -1,0 +1,253 @@
+# Copyright (c) kubepki.certs contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+#
+# PRIVATE to the kubepki.certs collection.
+"""THE distribution layout table: every path, file name, unit name and port the collection knows.
+
+Modules and roles read it (roles through the ``layout`` module); nothing else hard-codes a path.
+Paths in ``CAFile``/``LeafFile`` are relative to the distribution's tls/pki directory.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.errors import LayoutError
+
+DISTRIBUTIONS = ("k3s", "rke2", "kubeadm", "rke1")
+RANCHER_DISTRIBUTIONS = ("k3s", "rke2")
+
+
+@dataclass(frozen=True)
+class CAFile:
+    """One cluster CA: its role name, cert and key file (relative to the tls dir), CN stem."""
+
+    name: str
+    cert: str
+    key: str
+    cn_stem: str
+
+
+@dataclass(frozen=True)
+class LeafFile:
+    """A leaf certificate the distribution issues, with the CA (by ``CAFile.name``) that signs it."""
+
+    cert: str
+    key: str
+    ca: str
+
+
+@dataclass(frozen=True)
+class Layout:
+    distribution: str
+    program: str
+    data_dir: str
+    tls_dir: str
+    config_dir: str
+    cas: tuple
+    service_key: str
+    service_pub: str | None
+    root_ca: tuple | None                 # (pem, key, crt) file names of a custom root, k3s/RKE2 only
+    intermediate_ca: tuple | None         # (pem, key, crt)
+    leaves: tuple
+    agent_dir: str | None
+    agent_ca_files: tuple
+    kubeconfigs: tuple                    # absolute paths of kubeconfig files (embedded or by reference)
+    cert_scan_dirs: tuple                 # absolute directories cert_check walks
+    cert_patterns: tuple                  # file name suffixes that hold certificates
+    key_suffix_rules: tuple               # (cert suffix, key suffix) pairs to find a cert's key
+    server_unit: str
+    agent_unit: str | None
+    supervisor_port: int
+    token_file: str | None
+    agent_token_file: str | None
+    config_files: tuple                   # config.yaml and the drop-in directory glob
+    env_files: tuple                      # env files that can carry <PROGRAM>_TOKEN
+    unit_files: tuple                     # unit files whose ExecStart may carry --token
+    token_env_vars: tuple
+    force_restart_file: str | None
+    extra: dict = field(default_factory=dict)
+
+    def ca(self, name: str) -> CAFile:
+        for entry in self.cas:
+            if entry.name == name:
+                return entry
+        raise LayoutError("%s has no CA named %r; known: %s"
+                          % (self.distribution, name, ", ".join(c.name for c in self.cas)))
+
+    def tls_path(self, relative: str) -> str:
+        return os.path.join(self.tls_dir, relative)
+
+    def as_dict(self) -> dict:
+        """Plain data for roles (returned by the ``layout`` facts and by modules)."""
+        return {
+            "distribution": self.distribution,
+            "program": self.program,
+            "data_dir": self.data_dir,
+            "tls_dir": self.tls_dir,
+            "config_dir": self.config_dir,
+            "cas": [{"name": c.name, "cert": c.cert, "key": c.key} for c in self.cas],
+            "service_key": self.service_key,
+            "service_pub": self.service_pub,
+            "leaves": [{"cert": leaf.cert, "key": leaf.key, "ca": leaf.ca} for leaf in self.leaves],
+            "agent_dir": self.agent_dir,
+            "kubeconfigs": list(self.kubeconfigs),
+            "cert_scan_dirs": list(self.cert_scan_dirs),
+            "server_unit": self.server_unit,
+            "agent_unit": self.agent_unit,
+            "supervisor_port": self.supervisor_port,
+            "token_file": self.token_file,
+            "agent_token_file": self.agent_token_file,
+            "config_files": list(self.config_files),
+            "env_files": list(self.env_files),
+            "unit_files": list(self.unit_files),
+            "token_env_vars": list(self.token_env_vars),
+            "force_restart_file": self.force_restart_file,
+        }
+
+
+def _rancher_cas(program: str) -> tuple:
+    return (
+        CAFile("server-ca", "server-ca.crt", "server-ca.key", "server-ca"),
+        CAFile("client-ca", "client-ca.crt", "client-ca.key", "client-ca"),
+        CAFile("request-header-ca", "request-header-ca.crt", "request-header-ca.key", "request-header-ca"),
+        CAFile("etcd-server-ca", "etcd/server-ca.crt", "etcd/server-ca.key", "etcd-server-ca"),
+        CAFile("etcd-peer-ca", "etcd/peer-ca.crt", "etcd/peer-ca.key", "etcd-peer-ca"),
+    )
+
+
+def _rancher_leaves(program: str) -> tuple:
+    client = ("client-admin", "client-supervisor", "client-controller", "client-scheduler",
+              "client-kube-apiserver", "client-kube-proxy", "client-%s-controller" % program,
+              "client-%s-cloud-controller" % program)
+    leaves = [LeafFile(name + ".crt", name + ".key", "client-ca") for name in client]
+    leaves += [
+        LeafFile("serving-kube-apiserver.crt", "serving-kube-apiserver.key", "server-ca"),
+        LeafFile("client-auth-proxy.crt", "client-auth-proxy.key", "request-header-ca"),
+        LeafFile("etcd/client.crt", "etcd/client.key", "etcd-server-ca"),
+        LeafFile("etcd/server-client.crt", "etcd/server-client.key", "etcd-server-ca"),
+        LeafFile("etcd/peer-server-client.crt", "etcd/peer-server-client.key", "etcd-peer-ca"),
+    ]
+    return tuple(leaves)
+
+
+def _rancher_layout(program: str, data_dir: str | None) -> Layout:
+    data_dir = data_dir or "/var/lib/rancher/%s" % program
+    config_dir = "/etc/rancher/%s" % program
+    tls_dir = os.path.join(data_dir, "server", "tls")
+    agent_dir = os.path.join(data_dir, "agent")
+    upper = program.upper()
+    if program == "k3s":
+        server_unit, agent_unit, port = "k3s", "k3s-agent", 6443
+        env_files = ("/etc/systemd/system/k3s.service.env", "/etc/systemd/system/k3s-agent.service.env",
+                     "/etc/default/k3s", "/etc/default/k3s-agent", "/etc/sysconfig/k3s",
+                     "/etc/sysconfig/k3s-agent", "/etc/rancher/k3s/k3s.env", "/etc/rancher/k3s/k3s-agent.env")
+        unit_files = ("/etc/systemd/system/k3s.service", "/etc/systemd/system/k3s-agent.service")
+        force_restart = None
+    else:
+        server_unit, agent_unit, port = "rke2-server", "rke2-agent", 9345
+        env_files = ("/etc/default/rke2-server", "/etc/default/rke2-agent", "/etc/sysconfig/rke2-server",
+                     "/etc/sysconfig/rke2-agent", "/usr/local/lib/systemd/system/rke2-server.env",
+                     "/usr/local/lib/systemd/system/rke2-agent.env")
+        unit_files = ("/etc/systemd/system/rke2-server.service", "/etc/systemd/system/rke2-agent.service",
+                      "/usr/local/lib/systemd/system/rke2-server.service",
+                      "/usr/local/lib/systemd/system/rke2-agent.service")
+        force_restart = os.path.join(data_dir, "force-restart")
+    return Layout(
+        distribution=program,
+        program=program,
+        data_dir=data_dir,
+        tls_dir=tls_dir,
+        config_dir=config_dir,
+        cas=_rancher_cas(program),
+        service_key="service.key",
+        service_pub=None,
+        root_ca=("root-ca.pem", "root-ca.key", "root-ca.crt"),
+        intermediate_ca=("intermediate-ca.pem", "intermediate-ca.key", "intermediate-ca.crt"),
+        leaves=_rancher_leaves(program),
+        agent_dir=agent_dir,
+        agent_ca_files=("client-ca.crt", "server-ca.crt"),
+        kubeconfigs=(os.path.join(config_dir, "%s.yaml" % program),
+                     os.path.join(data_dir, "server", "cred", "admin.kubeconfig"),
+                     os.path.join(agent_dir, "kubelet.kubeconfig")),
+        cert_scan_dirs=(tls_dir, os.path.join(tls_dir, "etcd"), agent_dir),
+        cert_patterns=(".crt", ".pem"),
+        key_suffix_rules=((".crt", ".key"), (".pem", ".key")),
+        server_unit=server_unit,
+        agent_unit=agent_unit,
+        supervisor_port=port,
+        token_file=os.path.join(data_dir, "server", "token"),
+        agent_token_file=os.path.join(data_dir, "server", "agent-token"),
+        config_files=(os.path.join(config_dir, "config.yaml"), os.path.join(config_dir, "config.yaml.d", "*.yaml")),
+        env_files=env_files,
+        unit_files=unit_files,
+        token_env_vars=("%s_TOKEN" % upper, "%s_AGENT_TOKEN" % upper),
+        force_restart_file=force_restart,
+        extra={"cn_prefix": program, "cacerts_path": "/cacerts"},
+    )
+
+
+def _kubeadm_layout(data_dir: str | None) -> Layout:
+    base = data_dir or "/etc/kubernetes"
+    pki = os.path.join(base, "pki")
+    cas = (
+        CAFile("ca", "ca.crt", "ca.key", "kubernetes"),
+        CAFile("front-proxy-ca", "front-proxy-ca.crt", "front-proxy-ca.key", "front-proxy-ca"),
+        CAFile("etcd-ca", "etcd/ca.crt", "etcd/ca.key", "etcd-ca"),
+    )
+    leaves = (
+        LeafFile("apiserver.crt", "apiserver.key", "ca"),
+        LeafFile("apiserver-kubelet-client.crt", "apiserver-kubelet-client.key", "ca"),
+        LeafFile("front-proxy-client.crt", "front-proxy-client.key", "front-proxy-ca"),
+        LeafFile("etcd/server.crt", "etcd/server.key", "etcd-ca"),
+        LeafFile("etcd/peer.crt", "etcd/peer.key", "etcd-ca"),
+        LeafFile("etcd/healthcheck-client.crt", "etcd/healthcheck-client.key", "etcd-ca"),
+        LeafFile("apiserver-etcd-client.crt", "apiserver-etcd-client.key", "etcd-ca"),
+    )
+    return Layout(
+        distribution="kubeadm", program="kubeadm", data_dir=base, tls_dir=pki, config_dir=base, cas=cas,
+        service_key="sa.key", service_pub="sa.pub", root_ca=None, intermediate_ca=None, leaves=leaves,
+        agent_dir=None, agent_ca_files=(),
+        kubeconfigs=tuple(os.path.join(base, name) for name in
+                          ("admin.conf", "super-admin.conf", "controller-manager.conf", "scheduler.conf",
+                           "kubelet.conf")),
+        cert_scan_dirs=(pki, os.path.join(pki, "etcd")),
+        cert_patterns=(".crt",),
+        key_suffix_rules=((".crt", ".key"),),
+        server_unit="kubelet", agent_unit="kubelet", supervisor_port=6443,
+        token_file=None, agent_token_file=None, config_files=(), env_files=(), unit_files=(),
+        token_env_vars=(), force_restart_file=None,
+    )
+
+
+def _rke1_layout(data_dir: str | None) -> Layout:
+    base = data_dir or "/etc/kubernetes"
+    ssl = os.path.join(base, "ssl")
+    cas = (
+        CAFile("kube-ca", "kube-ca.pem", "kube-ca-key.pem", "kube-ca"),
+        CAFile("requestheader-ca", "kube-apiserver-requestheader-ca.pem",
+               "kube-apiserver-requestheader-ca-key.pem", "kube-apiserver-requestheader-ca"),
+    )
+    return Layout(
+        distribution="rke1", program="rke", data_dir=base, tls_dir=ssl, config_dir=base, cas=cas,
+        service_key="kube-service-account-token-key.pem", service_pub=None, root_ca=None,
+        intermediate_ca=None, leaves=(), agent_dir=None, agent_ca_files=(),
+        kubeconfigs=(), cert_scan_dirs=(ssl,), cert_patterns=(".pem",),
+        key_suffix_rules=((".pem", "-key.pem"),),
+        server_unit="kubelet", agent_unit="kubelet", supervisor_port=6443,
+        token_file=None, agent_token_file=None, config_files=(), env_files=(), unit_files=(),
+        token_env_vars=(), force_restart_file=None, extra={"skip_suffixes": ("-key.pem", "-csr.pem")},
+    )
+
+
+def get_layout(distribution: str, *, data_dir: str | None = None) -> Layout:
+    """The layout of ``distribution``; ``data_dir`` overrides its default data/config root."""
+    if distribution in RANCHER_DISTRIBUTIONS:
+        return _rancher_layout(distribution, data_dir)
+    if distribution == "kubeadm":
+        return _kubeadm_layout(data_dir)
+    if distribution == "rke1":
+        return _rke1_layout(data_dir)
+    raise LayoutError("unknown distribution %r; supported: %s" % (distribution, ", ".join(DISTRIBUTIONS)))

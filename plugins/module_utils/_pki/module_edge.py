@@ -1,0 +1,38 @@
+# Copyright (c) kubepki.certs contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+#
+# PRIVATE to the kubepki.certs collection.
+"""The only place where the engine meets AnsibleModule: dependency check and error reporting."""
+
+from __future__ import annotations
+
+from ansible.module_utils.basic import missing_required_lib
+
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.deps import (
+    CRYPTOGRAPHY_IMPORT_ERROR,
+    MINIMUM_CRYPTOGRAPHY_VERSION,
+    cryptography_problem,
+)
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.errors import PKIError
+
+
+def require_cryptography(module) -> None:
+    problem = cryptography_problem()
+    if problem == "missing":
+        module.fail_json(msg=missing_required_lib("cryptography >= %s" % MINIMUM_CRYPTOGRAPHY_VERSION),
+                         exception=CRYPTOGRAPHY_IMPORT_ERROR)
+    elif problem:
+        module.fail_json(msg=problem)
+
+
+def run_engine(module, function, *args, **kwargs):
+    """Call an engine function; a PKIError becomes a failed task naming the file and the problem."""
+    try:
+        return function(*args, **kwargs)
+    except PKIError as exc:
+        result = {"msg": exc.message}
+        if exc.path:
+            result["path"] = exc.path
+        module.fail_json(**result)
+    return None  # not reached: fail_json exits
