@@ -167,6 +167,7 @@ def _random_serial() -> int:
 
 
 def _clamped_validity(*, issuer_certificate, validity_days: int, now: datetime.datetime):
+    now = now.replace(microsecond=0)
     start = now - BACKDATE
     end = now + datetime.timedelta(days=validity_days)
     if issuer_certificate is not None:
