@@ -1,0 +1,167 @@
+#!/usr/bin/python
+# Copyright (c) kubepki.certs contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: service_account_key
+short_description: Rotate the service-account signing key while keeping the previous keys for verification
+version_added: 0.1.0
+description:
+  - Writes a key file whose B(first) key is new and which then holds the current keys, so the apiserver signs new
+    tokens with the new key and still verifies tokens signed with the kept ones. This is the file k3s and RKE2
+    C(certificate rotate-ca) expect (it refuses a C(service.key) that lacks the current first key).
+  - For C(kubeadm), O(dest) receives the new C(sa.key) alone and a C(sa.pub) beside it receives the public keys of
+    the new key and of the kept keys (read from the C(sa.pub) beside O(path), plus the current signing key).
+  - Idempotent. When O(dest) already holds a new key followed by the current keys, nothing changes.
+  - O(path) is only read, unless O(in_place=true) and O(dest) equals O(path); then a backup
+    C(<file>.<UTC time>.bak) is written first, and every run adds one more key.
+author:
+  - kubepki.certs developers
+extends_documentation_fragment:
+  - kubepki.certs._attributes
+  - kubepki.certs._cryptography_dep
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+    details:
+      - The diff names the files and the public-key fingerprints, never key material.
+options:
+  path:
+    description: The current key file (C(server/tls/service.key), or kubeadm's C(sa.key)).
+    type: path
+    required: true
+  dest:
+    description: The file to write, normally in a staging directory (C(<staging>/tls/service.key)).
+    type: path
+    required: true
+  distribution:
+    description: The file layout to follow.
+    type: str
+    required: true
+    choices: [k3s, rke2, kubeadm]
+  keep:
+    description:
+      - How many of the current keys to keep after the new one, first ones first. Default all, at most 20.
+      - Must be at least 1, because the current signing key must keep verifying the tokens it issued.
+    type: int
+  key_type:
+    description: Type of the new key. RSA 2048 is what k3s and kubeadm generate.
+    type: str
+    default: rsa-2048
+    choices: [ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096]
+  key_format:
+    description: C(traditional) (PKCS#1 / SEC1) or C(pkcs8) for the new key. Kept keys keep their bytes.
+    type: str
+    default: traditional
+    choices: [traditional, pkcs8]
+  in_place:
+    description: Allow O(dest) to be O(path). The current file is backed up first. Not idempotent.
+    type: bool
+    default: false
+seealso:
+  - module: kubepki.certs.ca_chain
+"""
+
+EXAMPLES = r"""
+- name: Stage a rotated service.key for k3s certificate rotate-ca
+  kubepki.certs.service_account_key:
+    path: /var/lib/rancher/k3s/server/tls/service.key
+    dest: /var/lib/kubepki/staging/server/tls/service.key
+    distribution: k3s
+
+- name: kubeadm, keep only the two most recent previous keys
+  kubepki.certs.service_account_key:
+    path: /etc/kubernetes/pki/sa.key
+    dest: /root/sa-rotation/sa.key
+    distribution: kubeadm
+    keep: 2
+"""
+
+RETURN = r"""
+path:
+  description: The current key file that was read.
+  returned: always
+  type: str
+dest:
+  description: The file written (or that would be written).
+  returned: always
+  type: str
+files:
+  description: Files written by this run (C(dest), and C(sa.pub) for kubeadm); empty when nothing changed.
+  returned: always
+  type: list
+  elements: str
+signing_key_fingerprint:
+  description: SHA-256 of the new signing key's SubjectPublicKeyInfo (hex).
+  returned: always
+  type: str
+kept_key_fingerprints:
+  description: SHA-256 fingerprints of the kept verification keys, in file order.
+  returned: always
+  type: list
+  elements: str
+key_count:
+  description: Number of keys in the result (new plus kept).
+  returned: always
+  type: int
+dropped_key_count:
+  description: Current keys not kept because of O(keep).
+  returned: always
+  type: int
+backup_file:
+  description: The backup of O(path) made before an in-place rewrite.
+  returned: when in_place rewrote the file
+  type: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.keys import KEY_FORMATS, KEY_TYPES
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.module_edge import require_cryptography, run_engine
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.service_keys import (
+    ServiceKeyRequest,
+    apply_service_key_plan,
+    plan_report,
+    plan_service_key_rotation,
+)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            path=dict(type="path", required=True),
+            dest=dict(type="path", required=True),
+            distribution=dict(type="str", required=True, choices=["k3s", "rke2", "kubeadm"]),
+            keep=dict(type="int", no_log=False),
+            key_type=dict(type="str", default="rsa-2048", choices=list(KEY_TYPES), no_log=False),
+            key_format=dict(type="str", default="traditional", choices=list(KEY_FORMATS), no_log=False),
+            in_place=dict(type="bool", default=False),
+        ),
+        supports_check_mode=True,
+    )
+    require_cryptography(module)
+    plan = run_engine(module, plan_service_key_rotation, ServiceKeyRequest(**module.params))
+    result = plan_report(plan)
+    if plan.changed and not module.check_mode:
+        backup = run_engine(module, apply_service_key_plan, plan)
+        if backup:
+            result["backup_file"] = backup
+    if module._diff and plan.changed:
+        result["diff"] = {
+            "before_header": plan.request.dest,
+            "after_header": plan.request.dest,
+            "before": "",
+            "after": "signing key %s\nkept keys:\n%s" % (
+                plan.signing_key_fingerprint, "".join("  %s\n" % f for f in plan.kept_fingerprints)),
+        }
+    module.exit_json(changed=plan.changed, **result)
+
+
+if __name__ == "__main__":
+    main()
