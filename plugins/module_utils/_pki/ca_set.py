@@ -85,6 +85,7 @@ class CAState:
     generated: bool
     chain: list = field(default_factory=list)  # issuers above it, nearest first
     upper_chain: list = field(default_factory=list)  # certificates above a supplied root (its own issuers)
+    key_source: str | None = None  # a supplied key file whose bytes are copied as they are
 
 
 @dataclass
@@ -272,7 +273,8 @@ def _plan_intermediate(planner: _Planner, root: CAState) -> CAState:
             raise ChainError("%s was not issued by the root %s; supply the intermediate of that root"
                              % (request.intermediate_cert, request.root_cert or root.cert_path),
                              path=request.intermediate_cert)
-        return CAState("intermediate", certificate, key, pem_path, key_path, False, [root])
+        return CAState("intermediate", certificate, key, pem_path, key_path, False, [root],
+                       key_source=request.intermediate_key)
     certificate, key = _existing_ca(pem_path, key_path)
     if certificate is not None and planner._check_existing("the intermediate CA", certificate, key, root, pem_path):
         if key is None:
@@ -390,8 +392,9 @@ def _plan_root_for_kubeadm(planner: _Planner) -> CAState:
 
 def _existing_or_new_key_bytes(planner: _Planner, state: CAState) -> bytes:
     """Keep an existing key file byte for byte (its format is the operator's); serialise new keys."""
-    if not state.generated and state.key_path:
-        current = read_if_exists(state.key_path)
+    source = state.key_source or state.key_path
+    if not state.generated and source:
+        current = read_if_exists(source)
         if current is not None:
             return current
     return planner.key_bytes(state.key)

@@ -1,0 +1,34 @@
+# Copyright (c) kubepki.certs contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+import pytest
+
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.errors import LayoutError
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.layout import DISTRIBUTIONS, get_layout
+
+
+def test_rke2_quirks_live_in_the_table():
+    rke2 = get_layout("rke2")
+    assert rke2.supervisor_port == 9345
+    assert rke2.server_unit == "rke2-server" and rke2.agent_unit == "rke2-agent"
+    assert rke2.force_restart_file == "/var/lib/rancher/rke2/force-restart"
+    assert any(leaf.cert == "client-rke2-controller.crt" for leaf in rke2.leaves)
+    k3s = get_layout("k3s", data_dir="/srv/k3s")
+    assert k3s.tls_dir == "/srv/k3s/server/tls" and k3s.supervisor_port == 6443
+    assert k3s.token_env_vars == ("K3S_TOKEN", "K3S_AGENT_TOKEN")
+
+
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
+def test_every_leaf_names_a_known_ca(distribution):
+    layout = get_layout(distribution)
+    names = {ca.name for ca in layout.cas}
+    assert all(leaf.ca in names for leaf in layout.leaves)
+    assert layout.as_dict()["distribution"] == distribution
+
+
+def test_unknown_distribution():
+    with pytest.raises(LayoutError, match="unknown distribution 'k8s'"):
+        get_layout("k8s")
