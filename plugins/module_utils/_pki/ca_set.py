@@ -428,8 +428,11 @@ def plan_ca_set(request: CASetRequest, *, now: datetime.datetime | None = None) 
     if request.intermediate_key and not request.intermediate_cert:
         raise InvalidInputError("intermediate_key %s was given without intermediate_cert" % request.intermediate_key,
                                 path=request.intermediate_key)
-    if os.path.exists(request.path) and not os.path.isdir(request.path):
-        raise InvalidInputError("path %s exists and is not a directory" % request.path, path=request.path)
+    ancestor = request.path
+    while not os.path.lexists(ancestor) and os.path.dirname(ancestor) != ancestor:
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise InvalidInputError("path %s: %s is not a directory" % (request.path, ancestor), path=request.path)
     # Whole seconds: certificates carry no fractions, so comparisons against them stay exact.
     planner = _Planner(request, (now or certs_mod.utcnow()).replace(microsecond=0))
     if request.distribution in RANCHER_DISTRIBUTIONS:
