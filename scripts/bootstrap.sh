@@ -70,10 +70,12 @@ if command -v kubectl >/dev/null 2>&1; then
 elif [ -x "${KUBECTL_DIR}/usr/bin/kubectl" ]; then
     log "kubectl present: ${KUBECTL_DIR}/usr/bin/kubectl (add ${KUBECTL_DIR}/usr/bin to PATH)"
 else
-    apt_update_once
+    if ! apt-cache show kubernetes-client >/dev/null 2>&1; then
+        apt_update_once
+    fi
     mkdir -p "${CACHE_DIR}/debs" "${KUBECTL_DIR}"
     log "extracting Debian kubernetes-client into ${KUBECTL_DIR}"
-    (cd "${CACHE_DIR}/debs" && apt-get download -q kubernetes-client)
+    (cd "${CACHE_DIR}/debs" && apt-get download -q -o APT::Sandbox::User=root kubernetes-client)
     for deb in "${CACHE_DIR}"/debs/kubernetes-client_*.deb; do
         dpkg-deb -x "${deb}" "${KUBECTL_DIR}"
     done

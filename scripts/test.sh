@@ -34,11 +34,15 @@ if [ ! -t 1 ]; then
     export NO_COLOR=1 ANSIBLE_NOCOLOR=1
 fi
 export VIRTUAL_ENV="${VENV}"
-PATH="${VENV}/bin:${PATH}"
-if [ -d "${ROOT}/.cache/kubernetes-client/usr/bin" ]; then
-    PATH="${PATH}:${ROOT}/.cache/kubernetes-client/usr/bin"
-fi
-export PATH
+export PATH="${VENV}/bin:${PATH}"
+# Debian's kubectl extracted by bootstrap.sh when none is installed (appended: an installed one wins).
+KUBECTL_BIN="${ROOT}/.cache/kubernetes-client/usr/bin"
+add_kubectl_path() {
+    if [ -d "${KUBECTL_BIN}" ] && [[ ":${PATH}:" != *":${KUBECTL_BIN}:"* ]]; then
+        export PATH="${PATH}:${KUBECTL_BIN}"
+    fi
+}
+add_kubectl_path
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/kubepki-test.XXXXXX")"
 STAGE_ROOT="${WORK}/stage"
@@ -216,6 +220,7 @@ step_build() {
 # ---------------------------------------------------------------------------------------------------
 echo "test.sh: repository ${ROOT}"
 run_step "bootstrap" step_bootstrap
+add_kubectl_path
 run_step "stage" step_stage
 if [ -s "${STATE}/coll" ]; then
     COLL="$(cat "${STATE}/coll")"
