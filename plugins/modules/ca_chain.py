@@ -23,7 +23,7 @@ description:
     are reused. Nothing is written when the input is bad.
   - Validity never extends past the issuer's notAfter.
 author:
-  - kubepki.certs developers
+  - kubepki.certs developers (@kubepki)
 extends_documentation_fragment:
   - kubepki.certs._attributes
   - kubepki.certs._cryptography_dep

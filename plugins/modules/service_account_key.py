@@ -20,7 +20,7 @@ description:
   - O(path) is only read, unless O(in_place=true) and O(dest) equals O(path); then a backup
     C(<file>.<UTC time>.bak) is written first, and every run adds one more key.
 author:
-  - kubepki.certs developers
+  - kubepki.certs developers (@kubepki)
 extends_documentation_fragment:
   - kubepki.certs._attributes
   - kubepki.certs._cryptography_dep

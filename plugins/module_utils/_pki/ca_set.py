@@ -168,7 +168,7 @@ class _Planner:
         return keys_mod.serialize_private_key(key, key_format=self.request.key_format)
 
     # -- CA decisions --------------------------------------------------------------------------
-    def _check_existing(self, name: str, certificate, key, issuer: CAState | None, cert_path: str):
+    def check_existing(self, name: str, certificate, key, issuer: CAState | None, cert_path: str):
         """Return True when an existing CA can be kept; raise when it conflicts and force is off."""
         problems = []
         if issuer is None:
@@ -243,7 +243,7 @@ def _plan_root(planner: _Planner) -> CAState:
         state.upper_chain = upper_chain
         return state
     certificate, key = _existing_ca(pem_path, key_path)
-    if certificate is not None and planner._check_existing("the root CA", certificate, key, None, pem_path):
+    if certificate is not None and planner.check_existing("the root CA", certificate, key, None, pem_path):
         state = CAState("root", certificate, key, pem_path, key_path if key else None, False)
         state.upper_chain = []
         return state
@@ -276,7 +276,7 @@ def _plan_intermediate(planner: _Planner, root: CAState) -> CAState:
         return CAState("intermediate", certificate, key, pem_path, key_path, False, [root],
                        key_source=request.intermediate_key)
     certificate, key = _existing_ca(pem_path, key_path)
-    if certificate is not None and planner._check_existing("the intermediate CA", certificate, key, root, pem_path):
+    if certificate is not None and planner.check_existing("the intermediate CA", certificate, key, root, pem_path):
         if key is None:
             raise InvalidInputError("%s exists but %s is missing; the cluster CAs cannot be issued without the "
                                     "intermediate's private key: restore it, or supply intermediate_cert and "
@@ -302,8 +302,8 @@ def _plan_cluster_ca(planner: _Planner, entry, issuer: CAState | None, *, pem_su
     if certificate is not None and key is None and not request.force:
         raise ExistingFileConflict("%s exists but its key %s is missing; restore the key, or set force to "
                                    "replace this CA" % (cert_path, key_path), path=key_path)
-    if certificate is not None and key is not None and planner._check_existing(entry.name, certificate, key,
-                                                                                issuer, cert_path):
+    keep = certificate is not None and key is not None
+    if keep and planner.check_existing(entry.name, certificate, key, issuer, cert_path):
         chain = [issuer] + issuer.chain if issuer else []
         return CAState(entry.name, certificate, key, cert_path, key_path, False, chain)
     if issuer is not None and issuer.key is None:
@@ -474,5 +474,3 @@ def plan_diff(plan: CASetPlan) -> dict:
                      for f in plan.files if f.state != "unchanged")
     after = "".join("%s: %s\n" % (f.path, f.state) for f in plan.files if f.state != "unchanged")
     return {"before_header": plan.request.path, "after_header": plan.request.path, "before": before, "after": after}
-
-
