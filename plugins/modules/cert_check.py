@@ -1,0 +1,308 @@
+#!/usr/bin/python
+# Copyright (c) kubepki.certs contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: cert_check
+short_description: Report the expiry of every certificate of a k3s, RKE2, kubeadm or RKE1 node
+version_added: 0.1.0
+description:
+  - The equivalent of C(k3s certificate check), C(rke2 certificate check) and C(kubeadm certs check-expiration),
+    with one output format for all four distributions (k3s, RKE2, kubeadm, RKE1).
+  - Examines every certificate file in the distribution's certificate directories (for example
+    C(/var/lib/rancher/k3s/server/tls), C(server/tls/etcd) and C(agent), C(/etc/kubernetes/pki) and C(pki/etcd),
+    C(/etc/kubernetes/ssl)), and every kubeconfig the distribution writes. Embedded client certificates and CA data
+    (C(client-certificate-data), C(certificate-authority-data)) are decoded and checked; files a kubeconfig only
+    references are checked as certificate files.
+  - Each certificate is reported with subject, issuer, serial, validity, days left, usages, the CA file that
+    directly issued it, whether its private key matches, and a status C(OK), C(WARNING), C(EXPIRED),
+    C(NOT_YET_VALID), C(MISSING) (a file the distribution expects is absent) or C(INVALID) (the file cannot be read
+    or parsed). A malformed file never fails the task unless O(fail_on_threshold=true).
+  - C(MISSING) is reported for a CA certificate of the layout that is absent from an existing certificate
+    directory, for a leaf certificate of the layout that is absent while other leaves exist (a directory holding
+    only CAs is a CA set staged before the first start, whose leaves the distribution issues when it starts), for a
+    file a kubeconfig references that does not exist, and for an O(paths) entry that does not exist.
+  - Read-only. Private keys are read only to compare them with their certificate and are never returned.
+  - PyYAML is used for kubeconfigs when it is installed on the node; without it a built-in reader handles the
+    block-style YAML that kubectl, kubeadm, k3s and RKE write.
+author:
+  - kubepki.certs developers (@kubepki)
+extends_documentation_fragment:
+  - kubepki.certs._attributes
+  - kubepki.certs._attributes.info_module
+  - kubepki.certs._cryptography_dep
+options:
+  distribution:
+    description:
+      - The distribution whose layout (directories, file names, key naming rules, kubeconfigs) to examine.
+    type: str
+    required: true
+    choices: [k3s, rke2, kubeadm, rke1]
+  data_dir:
+    description:
+      - Overrides the root of the layout, for example C(/var/lib/rancher/k3s) (k3s), C(/var/lib/rancher/rke2)
+        (RKE2), C(/etc/kubernetes) (kubeadm and RKE1). Use it for a non-default C(--data-dir) or to examine a
+        backup or staging copy.
+    type: path
+  paths:
+    description:
+      - Extra certificate files, kubeconfigs or directories to examine besides the layout's.
+      - A directory is examined without recursion; files ending in the layout's certificate suffixes or in C(.crt),
+        C(.pem), C(.cer) are read as certificates, C(.kubeconfig), C(.conf), C(.yaml) and C(.yml) files that look
+        like a kubeconfig as kubeconfigs. A file named directly is read as a kubeconfig when it looks like one,
+        otherwise as a certificate.
+      - A path that does not exist is reported as C(MISSING).
+    type: list
+    elements: path
+    default: []
+  only_paths:
+    description:
+      - Examine only O(paths), not the layout's directories and kubeconfigs. No file is then reported as
+        C(MISSING) for being absent from the layout.
+    type: bool
+    default: false
+  warn_days:
+    description:
+      - A certificate with fewer days left than this is reported as C(WARNING). k3s and RKE2 renew their leaf
+        certificates at start when fewer than 120 days (90 before May 2025 releases) are left.
+    type: int
+    default: 30
+  fail_days:
+    description:
+      - Threshold for O(fail_on_threshold) and RV(threshold_failures).
+    type: int
+    default: 7
+  fail_on_threshold:
+    description:
+      - Fail the task when a certificate has fewer than O(fail_days) days left or is C(EXPIRED), C(NOT_YET_VALID)
+        or C(INVALID). The message names every such file; the full report is still returned.
+      - C(MISSING) files never fail the task.
+    type: bool
+    default: false
+notes:
+  - Run it with privileges that can read the certificate and key files (C(become=true)); an unreadable file is
+    reported as C(INVALID), an unreadable key as RV(certificates[].key_matches=null) with a note.
+  - The C(kubepki.certs.check_expiration) role runs this module on every node and writes a fleet report on the
+    controller.
+  - The status of a file is that of its first certificate. Later certificates of a bundle that expire first are
+    mentioned in RV(certificates[].notes).
+seealso:
+  - name: k3s certificate check
+    description: The k3s command this module mirrors.
+    link: https://docs.k3s.io/cli/certificate
+  - name: kubeadm certs check-expiration
+    description: The kubeadm command this module mirrors.
+    link: https://kubernetes.io/docs/tasks/administer-cluster/kubeadm/kubeadm-certs/
+"""
+
+EXAMPLES = r"""
+- name: Check every certificate of a k3s node
+  kubepki.certs.cert_check:
+    distribution: k3s
+  become: true
+  register: expiry
+
+- name: Show what expires first
+  ansible.builtin.debug:
+    msg: "{{ expiry.summary.soonest }}"
+
+- name: Fail when anything on a kubeadm control-plane node has fewer than 14 days left
+  kubepki.certs.cert_check:
+    distribution: kubeadm
+    fail_days: 14
+    fail_on_threshold: true
+  become: true
+
+- name: RKE2 with a custom data dir, plus the kubelet's rotated client certificate
+  kubepki.certs.cert_check:
+    distribution: rke2
+    data_dir: /opt/rke2
+    paths:
+      - /var/lib/kubelet/pki
+    warn_days: 120
+  become: true
+
+- name: Check only a staging directory
+  kubepki.certs.cert_check:
+    distribution: k3s
+    paths:
+      - /opt/staging/k3s/server/tls
+    only_paths: true
+"""
+
+RETURN = r"""
+certificates:
+  description:
+    - One entry per certificate file, per embedded kubeconfig certificate, and per expected file that is missing.
+    - Sorted with C(MISSING) first, then C(INVALID), then by RV(certificates[].days_left) ascending.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    path:
+      description: The certificate file, or the kubeconfig that embeds the certificate.
+      type: str
+      sample: /var/lib/rancher/k3s/server/tls/client-admin.crt
+    source:
+      description: C(certificate) for a certificate file, C(kubeconfig) for data embedded in a kubeconfig.
+      type: str
+      sample: certificate
+    kubeconfig_entry:
+      description: For kubeconfig entries C(user/<name>) (client certificate) or C(cluster/<name>) (CA data); else null.
+      type: str
+      sample: user/default
+    subject:
+      description: Subject of the first certificate (RFC 4514).
+      type: str
+      sample: CN=system:admin,O=system:masters
+    issuer:
+      description: Issuer of the first certificate (RFC 4514).
+      type: str
+      sample: CN=k3s-client-ca@1700000000
+    serial:
+      description: Serial number in upper-case hex, as C(openssl x509 -serial) prints it.
+      type: str
+      sample: 3A5F0C
+    not_before:
+      description: Start of validity, ISO 8601 UTC.
+      type: str
+      sample: "2025-01-01T00:00:00Z"
+    not_after:
+      description: End of validity, ISO 8601 UTC.
+      type: str
+      sample: "2026-01-01T00:00:00Z"
+    days_left:
+      description: Whole days until RV(certificates[].not_after), rounded down; negative when expired; null for
+        C(MISSING) and C(INVALID).
+      type: int
+      sample: 200
+    is_ca:
+      description: Whether basicConstraints says CA.
+      type: bool
+    usages:
+      description: Key usages and extended key usages.
+      type: list
+      elements: str
+      sample: [digital signature, key encipherment, client auth]
+    chain_length:
+      description: Number of certificates in the file (k3s leaf files carry the CA bundle after the leaf).
+      type: int
+      sample: 2
+    signed_by:
+      description:
+        - C(self) for a self-signed certificate; else the CA file (first certificate of a CA file in the same
+          directory, the tls directory, or anywhere examined) or the kubeconfig CA data (C(<path>#cluster/<name>))
+          that directly issued it; null when none of them did.
+      type: str
+      sample: /var/lib/rancher/k3s/server/tls/client-ca.crt
+    key_file:
+      description: The private key file found for the certificate (layout naming rules), the kubeconfig for
+        embedded C(client-key-data); null when there is none.
+      type: str
+    key_matches:
+      description: Whether that private key belongs to the certificate; null when there is no key (or it cannot be read).
+      type: bool
+    status:
+      description: C(OK), C(WARNING), C(EXPIRED), C(NOT_YET_VALID), C(MISSING) or C(INVALID).
+      type: str
+      sample: OK
+    reason:
+      description: Why the status is not C(OK); null for C(OK).
+      type: str
+    notes:
+      description: Further observations (key mismatch, bundle certificates expiring first, no known issuer).
+      type: list
+      elements: str
+summary:
+  description: Counts per status, the soonest expiry and the time of the check.
+  returned: always
+  type: dict
+  contains:
+    total:
+      description: Number of entries.
+      type: int
+    counts:
+      description: Number of entries per status (every status is present).
+      type: dict
+      sample: {"OK": 20, "WARNING": 1, "EXPIRED": 0, "NOT_YET_VALID": 0, "MISSING": 0, "INVALID": 0}
+    soonest:
+      description: The entry with the fewest days left (path, kubeconfig_entry, subject, not_after, days_left,
+        status); null when nothing was found.
+      type: dict
+    warn_days:
+      description: The warning window used.
+      type: int
+    checked_at:
+      description: The moment of the check, ISO 8601 UTC.
+      type: str
+threshold_failures:
+  description: Paths (with C(#<kubeconfig entry>) for kubeconfig entries) that fail the O(fail_days) threshold.
+  returned: always
+  type: list
+  elements: str
+  sample: [/etc/kubernetes/pki/apiserver.crt]
+kubeconfigs:
+  description: The kubeconfigs examined, with cluster and user names, whether they embed credentials, the files
+    they reference and any parse error.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"path": "/etc/rancher/k3s/k3s.yaml", "embedded": true, "clusters": ["default"], "users": ["default"],
+            "referenced_files": [], "error": null}]
+scanned_dirs:
+  description: The directories that were examined.
+  returned: always
+  type: list
+  elements: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.expiry import (
+    check_expiration,
+    describe_failures,
+    threshold_failures,
+)
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.layout import DISTRIBUTIONS, get_layout
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.module_edge import require_cryptography, run_engine
+
+
+def _label(entry: dict) -> str:
+    if entry.get("kubeconfig_entry"):
+        return "%s#%s" % (entry["path"], entry["kubeconfig_entry"])
+    return entry["path"]
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            distribution=dict(type="str", required=True, choices=list(DISTRIBUTIONS)),
+            data_dir=dict(type="path"),
+            paths=dict(type="list", elements="path", default=[]),
+            only_paths=dict(type="bool", default=False),
+            warn_days=dict(type="int", default=30),
+            fail_days=dict(type="int", default=7),
+            fail_on_threshold=dict(type="bool", default=False),
+        ),
+        supports_check_mode=True,
+    )
+    require_cryptography(module)
+    params = module.params
+    if params["only_paths"] and not params["paths"]:
+        module.fail_json(msg="only_paths=true needs at least one entry in paths")
+    layout = run_engine(module, get_layout, params["distribution"], data_dir=params["data_dir"])
+    report = run_engine(module, check_expiration, layout, paths=params["paths"], only_paths=params["only_paths"],
+                        warn_days=params["warn_days"])
+    failing = threshold_failures(report["certificates"], fail_days=params["fail_days"])
+    result = dict(report, threshold_failures=[_label(entry) for entry in failing])
+    if params["fail_on_threshold"] and failing:
+        module.fail_json(msg=describe_failures(failing, fail_days=params["fail_days"]), **result)
+    module.exit_json(changed=False, **result)
+
+
+if __name__ == "__main__":
+    main()
