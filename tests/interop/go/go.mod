@@ -1,0 +1,3 @@
+module kubepki.example/interop
+
+go 1.19
