@@ -270,14 +270,13 @@ class OpenSSL:
         # 127 random bits: positive, non-zero, well inside 20 octets.
         return "0x%032x" % (secrets.randbits(127) | 1)
 
-    def self_signed_ca(self, directory: str, name: str, *, cn: str, key_type: str = "ec", days: int = 3650):
-        """A root CA with the contrib script's v3_ca profile (AKI keyid:always → AKI == SKI)."""
+    def self_signed_ca(self, directory: str, name: str, *, cn: str, key_type: str = "ec", days: int = 3650,
+                       extensions=None):
+        """A root CA, by default with the contrib script's v3_ca profile (AKI keyid:always → AKI == SKI)."""
         key = self.genkey(os.path.join(directory, name + ".key"), key_type)
         cert = os.path.join(directory, name + ".pem")
-        ext = write_text(os.path.join(directory, name + ".ext"),
-                         "[req]\ndistinguished_name=dn\n[dn]\n[v3_ca]\nsubjectKeyIdentifier=hash\n"
-                         "authorityKeyIdentifier=keyid:always\nbasicConstraints=critical,CA:true\n"
-                         "keyUsage=critical,digitalSignature,keyEncipherment,keyCertSign\n")
+        ext = write_text(os.path.join(directory, name + ".ext"), "[req]\ndistinguished_name=dn\n[dn]\n[v3_ca]\n" +
+                         (extensions or CA_EXTENSIONS % "critical,CA:true"))
         self("req", "-x509", "-new", "-key", key, "-subj", "/CN=" + cn, "-days", days, "-sha256",
              "-set_serial", self.serial(), "-config", ext, "-extensions", "v3_ca", "-out", cert)
         return cert, key

@@ -147,6 +147,35 @@ def hash_bundles(tmp_path_factory, openssl):
                                       cn="hash-inter", issuer_cert=root, issuer_key=root_key, start="20990101000000Z",
                                       end="20991231000000Z", extensions=CA_EXTENSIONS % "critical,CA:true")
 
+    # CA certificates Go refuses as parents (x509: "parent certificate cannot sign this kind of certificate").
+    no_sign_ext = ("subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid:always\nbasicConstraints=critical,CA:true\n"
+                   "keyUsage=critical,digitalSignature\n")
+    no_sign_key = openssl.genkey(os.path.join(work, "no-sign-inter.key"))
+    no_sign_inter, _key = openssl.sign(work, "no-sign-inter", no_sign_key, cn="hash-no-sign-inter", issuer_cert=root,
+                                       issuer_key=root_key, days=100, extensions=no_sign_ext)
+    under_no_sign, _key = openssl.sub_ca(work, "under-no-sign", cn="hash-server-ca", issuer_cert=no_sign_inter,
+                                         issuer_key=no_sign_key)
+    no_sign_root, no_sign_root_key = openssl.self_signed_ca(work, "no-sign-root", cn="hash-no-sign-root",
+                                                            extensions=no_sign_ext)
+    under_no_sign_root, _key = openssl.sub_ca(work, "under-no-sign-root", cn="hash-server-ca",
+                                              issuer_cert=no_sign_root, issuer_key=no_sign_root_key)
+    not_ca_root, not_ca_root_key = openssl.self_signed_ca(
+        work, "not-ca-root", cn="hash-not-ca-root",
+        extensions="subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid:always\nbasicConstraints=critical,CA:false\n"
+                   "keyUsage=critical,digitalSignature,keyCertSign\n")
+    under_not_ca_root, _key = openssl.sub_ca(work, "under-not-ca-root", cn="hash-server-ca", issuer_cert=not_ca_root,
+                                             issuer_key=not_ca_root_key)
+    pathlen0_inter, pathlen0_key = openssl.sub_ca(work, "pathlen0-inter", cn="hash-pathlen0-inter", issuer_cert=root,
+                                                  issuer_key=root_key, pathlen=0)
+    under_pathlen0, _key = openssl.sub_ca(work, "under-pathlen0", cn="hash-server-ca", issuer_cert=pathlen0_inter,
+                                          issuer_key=pathlen0_key)
+    pathlen0_root, pathlen0_root_key = openssl.self_signed_ca(work, "pathlen0-root", cn="hash-pathlen0-root",
+                                                              extensions=CA_EXTENSIONS % "critical,CA:true,pathlen:0")
+    inter_under_pl0, inter_under_pl0_key = openssl.sub_ca(work, "inter-under-pl0", cn="hash-inter-under-pl0",
+                                                          issuer_cert=pathlen0_root, issuer_key=pathlen0_root_key)
+    ca_under_pl0, _key = openssl.sub_ca(work, "ca-under-pl0", cn="hash-server-ca", issuer_cert=inter_under_pl0,
+                                        issuer_key=inter_under_pl0_key)
+
     def first(path):
         return pem_certs(path)[0]
 
@@ -165,6 +194,11 @@ def hash_bundles(tmp_path_factory, openssl):
         "expired-intermediate-only": first(server) + first(expired) + first(root),
         "expired-and-valid-intermediate": first(server) + first(expired) + first(inter) + first(root),
         "future-intermediate-only": first(server) + first(future) + first(root),
+        "intermediate-without-certsign": first(under_no_sign) + first(no_sign_inter) + first(root),
+        "root-without-certsign": first(under_no_sign_root) + first(no_sign_root),
+        "root-not-ca": first(under_not_ca_root) + first(not_ca_root),
+        "pathlen0-intermediate-above-ca": first(under_pathlen0) + first(pathlen0_inter) + first(root),
+        "pathlen0-root-above-two-cas": first(ca_under_pl0) + first(inter_under_pl0) + first(pathlen0_root),
     }
     return {name: write_text(os.path.join(work, name + ".crt"), text) for name, text in bundles.items()}
 
@@ -176,10 +210,25 @@ HASH_EXPECTATIONS = {
     "unrelated": None, "eku-client-only": None, "two-roots": "root.pem",
     "cross-signed-rotation": "new-root.pem", "cross-signed-only": "root.pem",
     "expired-intermediate-only": None, "expired-and-valid-intermediate": "root.pem", "future-intermediate-only": None,
+    "intermediate-without-certsign": None, "root-without-certsign": None, "root-not-ca": None,
+    "pathlen0-intermediate-above-ca": "root.pem", "pathlen0-root-above-two-cas": None,
 }
 
 
-@pytest.mark.parametrize("bundle_name", sorted(HASH_EXPECTATIONS))
+# Known engine defects (chain.build_chains does not apply Go's CheckSignatureFrom parent rules: a parent
+# must have basicConstraints CA:TRUE and, when it has keyUsage, keyCertSign). strict: an XPASS fails the
+# run, so the marker must go once the engine is fixed.
+ENGINE_DEFECTS = {
+    "intermediate-without-certsign": "engine hashes the root although Go refuses a parent without keyCertSign",
+    "root-without-certsign": "engine hashes the root although Go refuses a parent without keyCertSign",
+    "root-not-ca": "engine accepts a CA:FALSE root as parent; Go does not",
+}
+
+
+@pytest.mark.parametrize("bundle_name", [
+    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason="ca_chain engine defect: " + ENGINE_DEFECTS[name]))
+    if name in ENGINE_DEFECTS else name
+    for name in sorted(HASH_EXPECTATIONS)])
 def test_engine_hash_ca_agrees_with_go(bundle_name, hash_bundles, go_verifier, openssl):
     path = hash_bundles[bundle_name]
     with open(path, "rb") as handle:
