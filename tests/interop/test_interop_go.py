@@ -215,20 +215,12 @@ HASH_EXPECTATIONS = {
 }
 
 
-# Known engine defects (chain.build_chains does not apply Go's CheckSignatureFrom parent rules: a parent
-# must have basicConstraints CA:TRUE and, when it has keyUsage, keyCertSign). strict: an XPASS fails the
-# run, so the marker must go once the engine is fixed.
-ENGINE_DEFECTS = {
-    "intermediate-without-certsign": "engine hashes the root although Go refuses a parent without keyCertSign",
-    "root-without-certsign": "engine hashes the root although Go refuses a parent without keyCertSign",
-    "root-not-ca": "engine accepts a CA:FALSE root as parent; Go does not",
-}
+# Among the bundles, "intermediate-without-certsign", "root-without-certsign" and "root-not-ca" have a parent
+# Go refuses (CheckSignatureFrom: CA:TRUE and keyCertSign required): the hash must fall back to raw bytes
+# exactly as k3s's does. They were engine defects once and stay as regression cases.
 
 
-@pytest.mark.parametrize("bundle_name", [
-    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason="ca_chain engine defect: " + ENGINE_DEFECTS[name]))
-    if name in ENGINE_DEFECTS else name
-    for name in sorted(HASH_EXPECTATIONS)])
+@pytest.mark.parametrize("bundle_name", sorted(HASH_EXPECTATIONS))
 def test_engine_hash_ca_agrees_with_go(bundle_name, hash_bundles, go_verifier, openssl):
     path = hash_bundles[bundle_name]
     with open(path, "rb") as handle:

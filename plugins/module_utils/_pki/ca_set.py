@@ -124,6 +124,37 @@ def _load_supplied_ca(cert_path: str, key_path: str | None, *, what: str):
     return certificate, key, certificates[1:]
 
 
+_ANY_EKU = "2.5.29.37.0"
+_SERVER_AUTH = "1.3.6.1.5.5.7.3.1"
+_CLIENT_AUTH = "1.3.6.1.5.5.7.3.2"
+
+
+def validate_issuing_ca(certificate, *, source: str, levels_below: int, now: datetime.datetime) -> None:
+    """Refuse a root or intermediate that real verifiers would reject once CAs are issued below it.
+
+    Go (k3s, etcd, the apiserver) and OpenSSL both require a parent that is a CA with keyCertSign, a
+    pathlen that leaves room for the CA levels below it, an EKU (if any) that allows server and client
+    auth, and a validity period that includes now.
+    """
+    problems = []
+    if not certs_mod.can_sign_certificates(certificate):
+        problems.append("it cannot sign certificates (basicConstraints CA:TRUE and keyUsage keyCertSign are required)")
+    limit = certs_mod.path_length(certificate)
+    if limit is not None and limit < levels_below:
+        problems.append("its pathlen %d leaves room for %d CA level(s) below it, the set needs %d"
+                        % (limit, limit, levels_below))
+    usages = certs_mod.extended_key_usages(certificate)
+    if usages is not None and _ANY_EKU not in usages and not (_SERVER_AUTH in usages and _CLIENT_AUTH in usages):
+        problems.append("its extendedKeyUsage does not allow both serverAuth and clientAuth, which k3s's chain "
+                        "checks and client-certificate verification need (CA certificates normally carry no EKU)")
+    if certs_mod.not_before(certificate) > now:
+        problems.append("it is not valid before %s" % certs_mod.iso8601(certs_mod.not_before(certificate)))
+    if certs_mod.not_after(certificate) <= now:
+        problems.append("it expired on %s" % certs_mod.iso8601(certs_mod.not_after(certificate)))
+    if problems:
+        raise ChainError("%s cannot issue the CA set: %s" % (source, "; ".join(problems)), path=source)
+
+
 def _existing_ca(cert_path: str, key_path: str | None):
     """(certificate, key) found on disk, or (None, None); malformed files raise InvalidInputError."""
     data = read_if_exists(cert_path)
@@ -235,6 +266,7 @@ def _plan_root(planner: _Planner) -> CAState:
     key_path = os.path.join(request.path, key_name)
     if request.root_cert:
         certificate, key, upper_chain = _load_supplied_ca(request.root_cert, request.root_key, what="root")
+        validate_issuing_ca(certificate, source=request.root_cert, levels_below=2, now=planner.now)
         existing, _existing_key = _existing_ca(pem_path, None)
         if existing is not None and existing != certificate and not request.force:
             raise ExistingFileConflict("%s already holds a different root than %s; remove it or set force"
@@ -243,6 +275,8 @@ def _plan_root(planner: _Planner) -> CAState:
         state.upper_chain = upper_chain
         return state
     certificate, key = _existing_ca(pem_path, key_path)
+    if certificate is not None:
+        validate_issuing_ca(certificate, source=pem_path, levels_below=2, now=planner.now)
     if certificate is not None and planner.check_existing("the root CA", certificate, key, None, pem_path):
         state = CAState("root", certificate, key, pem_path, key_path if key else None, False)
         state.upper_chain = []
@@ -269,6 +303,7 @@ def _plan_intermediate(planner: _Planner, root: CAState) -> CAState:
                                     % request.intermediate_cert, path=request.intermediate_cert)
         certificate, key, _chain = _load_supplied_ca(request.intermediate_cert, request.intermediate_key,
                                                      what="intermediate")
+        validate_issuing_ca(certificate, source=request.intermediate_cert, levels_below=1, now=planner.now)
         if not certs_mod.is_directly_issued_by(certificate, root.certificate):
             raise ChainError("%s was not issued by the root %s; supply the intermediate of that root"
                              % (request.intermediate_cert, request.root_cert or root.cert_path),
@@ -276,6 +311,8 @@ def _plan_intermediate(planner: _Planner, root: CAState) -> CAState:
         return CAState("intermediate", certificate, key, pem_path, key_path, False, [root],
                        key_source=request.intermediate_key)
     certificate, key = _existing_ca(pem_path, key_path)
+    if certificate is not None:
+        validate_issuing_ca(certificate, source=pem_path, levels_below=1, now=planner.now)
     if certificate is not None and planner.check_existing("the intermediate CA", certificate, key, root, pem_path):
         if key is None:
             raise InvalidInputError("%s exists but %s is missing; the cluster CAs cannot be issued without the "
@@ -385,6 +422,8 @@ def _plan_kubeadm(planner: _Planner) -> CASetPlan:
 def _plan_root_for_kubeadm(planner: _Planner) -> CAState:
     request = planner.request
     certificate, key, upper_chain = _load_supplied_ca(request.root_cert, request.root_key, what="root")
+    validate_issuing_ca(certificate, source=request.root_cert, levels_below=2 if request.intermediate_cert else 1,
+                        now=planner.now)
     state = CAState("root", certificate, key, request.root_cert, request.root_key, False)
     state.upper_chain = upper_chain
     return state

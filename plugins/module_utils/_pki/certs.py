@@ -108,6 +108,22 @@ def path_length(certificate) -> int | None:
     return constraints.path_length if constraints is not None else None
 
 
+def can_sign_certificates(certificate) -> bool:
+    """Go's CheckSignatureFrom rule for a parent: a v3 CA (basicConstraints CA:TRUE) whose keyUsage,
+    when present, includes keyCertSign."""
+    constraints = _extension(certificate, x509.BasicConstraints)
+    if certificate.version == x509.Version.v3 and (constraints is None or not constraints.ca):
+        return False
+    usage = _extension(certificate, x509.KeyUsage)
+    return usage is None or usage.key_cert_sign
+
+
+def extended_key_usages(certificate) -> list | None:
+    """The EKU OIDs as dotted strings, or None when the certificate has no EKU extension."""
+    extended = _extension(certificate, x509.ExtendedKeyUsage)
+    return None if extended is None else [oid.dotted_string for oid in extended]
+
+
 def looks_like_root(certificate) -> bool:
     """k3s's root test (``validateCA`` and ``hashCA``): no AKI, or AKI equal to the SKI."""
     aki = authority_key_id(certificate)

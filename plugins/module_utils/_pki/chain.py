@@ -11,6 +11,7 @@ import hashlib
 
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.certs import (
     authority_key_id,
+    can_sign_certificates,
     certificate_der,
     is_ca,
     is_directly_issued_by,
@@ -94,7 +95,7 @@ def build_chains(leaf, *, roots, intermediates=(), at=None, usage: str | None = 
             for candidate in _candidate_order(current, pool):
                 if _already_in_chain(candidate, chain):
                     continue
-                if not is_directly_issued_by(current, candidate):
+                if not can_sign_certificates(candidate) or not is_directly_issued_by(current, candidate):
                     continue
                 if not _valid_at(candidate, moment):
                     continue

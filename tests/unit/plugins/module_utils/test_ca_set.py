@@ -199,3 +199,15 @@ def test_check_mode_plan_writes_nothing(tmp_path):
     assert "BEGIN" not in repr(report)
     diff = ca_set.plan_diff(plan)
     assert "server-ca.key: created" in diff["after"]
+
+
+def test_supplied_root_with_pathlen_zero_is_refused(tmp_path):
+    key = keys.generate_private_key("ecdsa-p256")
+    root = certs.build_ca_certificate(subject_common_name="tight-root", subject_public_key=key.public_key(),
+                                      issuer_certificate=None, issuer_key=key, validity_days=100, path_len=0)
+    (tmp_path / "root.pem").write_bytes(certs.dump_certificates([root]))
+    (tmp_path / "root.key").write_bytes(keys.serialize_private_key(key))
+    with pytest.raises(Exception, match="pathlen 0 leaves room for 0 CA level"):
+        build(tmp_path / "tls", distribution="k3s", root_cert=str(tmp_path / "root.pem"),
+              root_key=str(tmp_path / "root.key"))
+    assert not (tmp_path / "tls").exists()
