@@ -14,7 +14,8 @@ STAMP="${VENV}/.requirements.sha256"
 CACHE_DIR="${ROOT}/.cache"
 PYTHON="${PYTHON:-python3}"
 
-APT_PACKAGES=(etcd-server etcd-client nginx golang-go shellcheck openssh-server openssl iproute2 curl)
+APT_PACKAGES=(etcd-server etcd-client nginx golang-go shellcheck openssh-server openssl iproute2 curl
+              python3-cryptography python3-yaml python3-pytest)
 
 log() { printf 'bootstrap: %s\n' "$*"; }
 

@@ -180,6 +180,16 @@ pytest_suite() {
     return "${rc}"
 }
 step_pytest_interop() { pytest_suite tests/interop; }
+step_pytest_lab() { pytest_suite tests/lab; }
+
+# The engine must also work with the cryptography that Debian 12 nodes have (38.x, python3-cryptography).
+step_units_debian_crypto() {
+    need_stage
+    local version
+    version="$(/usr/bin/python3 -c 'import cryptography; print(cryptography.__version__)')" || return 1
+    echo "Debian python3: $(/usr/bin/python3 --version), cryptography ${version}"
+    PYTHONPATH="${STAGE_ROOT}" limit /usr/bin/python3 -m pytest -p no:cacheprovider -q tests/unit/plugins/module_utils
+}
 step_pytest_roles() { pytest_suite tests/roles; }
 
 step_ansible_lint() {
@@ -227,8 +237,10 @@ if [ -s "${STATE}/coll" ]; then
 fi
 run_step "ansible-test sanity" step_sanity
 run_step "ansible-test units" step_units
+run_step "units on Debian cryptography" step_units_debian_crypto
 run_step "ansible-test integration" step_integration
 run_step "pytest tests/interop" step_pytest_interop
+run_step "pytest tests/lab" step_pytest_lab
 run_step "pytest tests/roles" step_pytest_roles
 run_step "ansible-lint" step_ansible_lint
 run_step "antsibull-changelog lint" step_changelog_lint

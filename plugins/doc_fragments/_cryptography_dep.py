@@ -9,7 +9,7 @@ class ModuleDocFragment:
     DOCUMENTATION = r"""
 options: {}
 requirements:
-  - cryptography >= 42.0 on the managed node
+  - cryptography >= 38.0 on the managed node
 notes:
   - Private keys are written in PEM without a passphrase, mode C(0600), through a temporary file that is renamed
     into place, so a reader never sees a half-written file.

@@ -21,7 +21,9 @@ from ansible_collections.kubepki.certs.plugins.module_utils._pki.pem import (
 
 try:
     from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 except ImportError:  # reported by deps.cryptography_problem() at the module edge
     pass
@@ -69,12 +71,16 @@ def fingerprint_sha256(certificate) -> str:
     return ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
 
 
+# Debian 12 nodes run cryptography 38: the *_utc properties (42) and verify_directly_issued_by (40)
+# are used when present, otherwise the same result is computed here.
 def not_before(certificate) -> datetime.datetime:
-    return certificate.not_valid_before_utc
+    moment = getattr(certificate, "not_valid_before_utc", None)
+    return moment if moment is not None else certificate.not_valid_before.replace(tzinfo=datetime.timezone.utc)
 
 
 def not_after(certificate) -> datetime.datetime:
-    return certificate.not_valid_after_utc
+    moment = getattr(certificate, "not_valid_after_utc", None)
+    return moment if moment is not None else certificate.not_valid_after.replace(tzinfo=datetime.timezone.utc)
 
 
 def iso8601(moment: datetime.datetime) -> str:
@@ -139,9 +145,29 @@ def is_self_signed(certificate) -> bool:
 
 def is_directly_issued_by(child, issuer) -> bool:
     """True when ``issuer``'s subject is ``child``'s issuer and ``issuer``'s key signed ``child``."""
+    if hasattr(child, "verify_directly_issued_by"):
+        try:
+            child.verify_directly_issued_by(issuer)
+        except Exception:  # ValueError (names), InvalidSignature, TypeError (key type)
+            return False
+        return True
+    if child.issuer != issuer.subject:
+        return False
+    return _signature_valid(child, issuer.public_key())
+
+
+def _signature_valid(child, public_key) -> bool:
     try:
-        child.verify_directly_issued_by(issuer)
-    except Exception:  # ValueError (names), InvalidSignature, TypeError (key type)
+        if isinstance(public_key, rsa.RSAPublicKey):
+            public_key.verify(child.signature, child.tbs_certificate_bytes, padding.PKCS1v15(),
+                              child.signature_hash_algorithm)
+        elif isinstance(public_key, ec.EllipticCurvePublicKey):
+            public_key.verify(child.signature, child.tbs_certificate_bytes, ec.ECDSA(child.signature_hash_algorithm))
+        elif isinstance(public_key, (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):
+            public_key.verify(child.signature, child.tbs_certificate_bytes)
+        else:
+            return False
+    except (InvalidSignature, ValueError, TypeError):
         return False
     return True
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import traceback
 
-MINIMUM_CRYPTOGRAPHY_VERSION = "42.0"
+MINIMUM_CRYPTOGRAPHY_VERSION = "38.0"
 
 try:
     import cryptography
