@@ -31,6 +31,7 @@ CASES = {
                                None, CA_EXTENSIONS % "critical,CA:true,pathlen:0"),
 }
 
+
 @pytest.fixture(scope="module")
 def unusable_runs(tmp_path_factory, openssl):
     base = str(tmp_path_factory.mktemp("unusable"))
