@@ -1,0 +1,239 @@
+#!/usr/bin/python
+# Copyright (c) kubepki.certs contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: ca_rotation
+short_description: Stage a k3s or RKE2 CA rotation set for C(certificate rotate-ca)
+version_added: 0.2.0
+description:
+  - Reads the live CA files of a k3s or RKE2 server and writes the rotation set into O(staging_path)C(/tls/), the
+    directory later passed to C(<k3s|rke2> certificate rotate-ca --path).
+  - O(mode=cross_sign) (clusters on the default self-signed CAs, or any cluster whose CA keys are on the server)
+    creates per CA a new self-signed root, the same root key cross-signed by the current CA, and a new cluster CA
+    issued by the new root. The bundle is the new CA, the new root, the cross-signed root, then the current chain;
+    the key file holds the new CA key then the new root key. It works on default clusters, on clusters already
+    rotated this way, and on custom chains with RSA or EC keys in PKCS#1, SEC1 or PKCS#8.
+  - O(mode=renew) (custom-CA clusters) issues new cluster CAs under the existing intermediate, or under a new
+    intermediate when O(root_cert) and O(root_key) are given. The root stays, so the join token does not change.
+  - O(mode=new_root) creates a fresh hierarchy. That is disruptive; k3s loads it only with C(--force).
+  - The staging directory must lie outside the live tls directory; the module refuses, before writing anything,
+    a staging path whose C(tls/) is, contains or lies inside it. The live directory is only read.
+  - Compare, then act. A staged set from an earlier run that still chains to the current CAs is kept, so a rerun
+    changes nothing. When the live set already is the staged set (loaded and restarted), the module reports
+    RV(already_loaded) and changes nothing.
+author:
+  - kubepki.certs developers (@kubepki)
+extends_documentation_fragment:
+  - kubepki.certs._attributes
+  - kubepki.certs._cryptography_dep
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+    details:
+      - The diff lists staged files that would be created or updated, never their content.
+options:
+  current_path:
+    description: The live tls directory, for example C(/var/lib/rancher/k3s/server/tls). Only read.
+    type: path
+    required: true
+  staging_path:
+    description:
+      - The directory passed to C(certificate rotate-ca --path). The module fills C(<staging_path>/tls/) (mode C(0700)).
+    type: path
+    required: true
+  distribution:
+    description: The distribution.
+    type: str
+    required: true
+    choices: [k3s, rke2]
+  mode:
+    description: How to rotate; see the description.
+    type: str
+    default: cross_sign
+    choices: [cross_sign, renew, new_root]
+  service_key:
+    description:
+      - C(rotate) stages a C(service.key) with a new RSA key first and the current keys kept; C(keep) stages a
+        byte-identical copy of the current one.
+    type: str
+    default: rotate
+    choices: [rotate, keep]
+  service_key_keep:
+    description: With O(service_key=rotate), how many current keys to keep (default all, at most 20).
+    type: int
+  root_cert:
+    description: O(mode=renew) the existing root (to create a new intermediate with O(root_key)); O(mode=new_root) a
+      supplied new root.
+    type: path
+  root_key:
+    description: The key of O(root_cert).
+    type: path
+  intermediate_cert:
+    description:
+      - O(mode=renew) the existing intermediate that issues the new cluster CAs. Defaults to C(intermediate-ca.pem) in
+        O(current_path). O(mode=new_root) a supplied new intermediate.
+    type: path
+  intermediate_key:
+    description: The key of O(intermediate_cert). Defaults to C(intermediate-ca.key) in O(current_path).
+    type: path
+  root_key_type:
+    description: Key type of created roots.
+    type: str
+    default: ecdsa-p256
+    choices: [ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096]
+  ca_key_type:
+    description: Key type of created cluster CAs.
+    type: str
+    default: ecdsa-p256
+    choices: [ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096]
+  root_validity_days:
+    description: Validity of created roots.
+    type: int
+    default: 7300
+  ca_validity_days:
+    description: Validity of created cluster CAs, clamped to their issuer's.
+    type: int
+    default: 3650
+  key_format:
+    description: C(traditional) (PKCS#1 / SEC1) or C(pkcs8) for created keys.
+    type: str
+    default: traditional
+    choices: [traditional, pkcs8]
+  cn_prefix:
+    description: Prefix of created common names. Defaults to the program name.
+    type: str
+seealso:
+  - module: kubepki.certs.ca_verify
+  - module: kubepki.certs.join_token
+"""
+
+EXAMPLES = r"""
+- name: Stage a cross-signed rotation of a default-CA k3s cluster
+  kubepki.certs.ca_rotation:
+    current_path: /var/lib/rancher/k3s/server/tls
+    staging_path: /var/lib/kubepki/rotate-ca/server
+    distribution: k3s
+  register: rotation
+
+- name: Prove it safe before loading
+  kubepki.certs.ca_verify:
+    current_path: /var/lib/rancher/k3s/server/tls
+    staging_path: /var/lib/kubepki/rotate-ca/server
+    distribution: k3s
+
+- name: Renew the cluster CAs of a custom-CA RKE2 cluster under its intermediate
+  kubepki.certs.ca_rotation:
+    current_path: /var/lib/rancher/rke2/server/tls
+    staging_path: /var/lib/kubepki/rotate-ca/server
+    distribution: rke2
+    mode: renew
+    intermediate_cert: /secure/intermediate-ca.pem
+    intermediate_key: /secure/intermediate-ca.key
+"""
+
+RETURN = r"""
+mode:
+  description: The mode used.
+  returned: always
+  type: str
+staging_tls:
+  description: The staging tls directory that was filled.
+  returned: always
+  type: str
+already_loaded:
+  description: The live set already is the staged set; nothing was staged.
+  returned: always
+  type: bool
+disruptive:
+  description: Loading the set breaks trust for nodes and clients holding the current CAs (O(mode=new_root)).
+  returned: always
+  type: bool
+requires_force:
+  description: C(certificate rotate-ca) accepts the set only with C(--force).
+  returned: always
+  type: bool
+token_ca_hash:
+  description: The join-token CA hash after loading (k3s hashCA of the staged C(server-ca.crt)), not the intermediate's fingerprint.
+  returned: always
+  type: str
+token_ca_hash_before:
+  description: The CA hash of the current C(server-ca.crt).
+  returned: always
+  type: str
+token_changes:
+  description: Whether every join token must be updated before nodes restart.
+  returned: always
+  type: bool
+nodes_needing_new_token:
+  description: Which nodes need a new token.
+  returned: always
+  type: str
+cas:
+  description: Per CA the action, current and new fingerprints, new subject, new notAfter and bundle length.
+  returned: always
+  type: list
+  elements: dict
+files:
+  description: The staged files with state and mode.
+  returned: always
+  type: list
+  elements: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.keys import KEY_FORMATS, KEY_TYPES
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.module_edge import require_cryptography, run_engine
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.rotation import (
+    MODES,
+    SERVICE_KEY_ACTIONS,
+    RotationRequest,
+    apply_rotation,
+    plan_report,
+    plan_rotation,
+)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            current_path=dict(type="path", required=True),
+            staging_path=dict(type="path", required=True),
+            distribution=dict(type="str", required=True, choices=["k3s", "rke2"]),
+            mode=dict(type="str", default="cross_sign", choices=list(MODES)),
+            service_key=dict(type="str", default="rotate", choices=list(SERVICE_KEY_ACTIONS), no_log=False),
+            service_key_keep=dict(type="int", no_log=False),
+            root_cert=dict(type="path"),
+            root_key=dict(type="path", no_log=False),
+            intermediate_cert=dict(type="path"),
+            intermediate_key=dict(type="path", no_log=False),
+            root_key_type=dict(type="str", default="ecdsa-p256", choices=list(KEY_TYPES), no_log=False),
+            ca_key_type=dict(type="str", default="ecdsa-p256", choices=list(KEY_TYPES), no_log=False),
+            root_validity_days=dict(type="int", default=7300),
+            ca_validity_days=dict(type="int", default=3650),
+            key_format=dict(type="str", default="traditional", choices=list(KEY_FORMATS), no_log=False),
+            cn_prefix=dict(type="str"),
+        ),
+        supports_check_mode=True,
+    )
+    require_cryptography(module)
+    plan = run_engine(module, plan_rotation, RotationRequest(**module.params))
+    if plan.changed and not module.check_mode:
+        run_engine(module, apply_rotation, plan)
+    result = plan_report(plan)
+    if module._diff and plan.changed:
+        lines = ["%s: %s\n" % (f["path"], f["state"]) for f in result["files"] if f["state"] != "unchanged"]
+        result["diff"] = {"before_header": plan.staging_tls, "after_header": plan.staging_tls, "before": "",
+                          "after": "".join(lines)}
+    module.exit_json(changed=plan.changed, **result)
+
+
+if __name__ == "__main__":
+    main()
