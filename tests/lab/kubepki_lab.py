@@ -291,9 +291,18 @@ def lab_bridges():
     return found
 
 
+def pid_start_time(pid):
+    """Start time of ``pid`` in clock ticks since boot (field 22 of /proc/<pid>/stat), or None."""
+    fields = _read_proc(pid, "stat").rsplit(b")", 1)[-1].split()
+    return int(fields[19]) if len(fields) > 19 else None
+
+
 def lab_alive(state):
-    """True when any sshd of the lab described by ``state`` still runs."""
+    """True when any sshd of the lab described by ``state`` still runs (and its recorded owner process, if any)."""
     if not state or state.get("status") == "down":
+        return False
+    owner = state.get("owner")
+    if owner and (not pid_alive(owner["pid"]) or pid_start_time(owner["pid"]) != owner["start"]):
         return False
     return any(host.get("pid") and pid_matches(host["pid"], host["sshd_config"]) for host in state.get("hosts", []))
 
@@ -670,15 +679,24 @@ def write_inventory(state, python):
     _write(state["inventory"], "\n".join(lines))
 
 
-def up(base, servers, agents, name=DEFAULT_NAME, bridge=None, subnet=DEFAULT_SUBNET, python=DEFAULT_PYTHON, timeout=DEFAULT_TIMEOUT, log=_log_stderr):
-    """Build the lab in ``base`` and return its state dict. Raises LabBusy/LabError; a failed ``up`` tears down what it built."""
+def up(base, servers, agents, name=DEFAULT_NAME, bridge=None, subnet=DEFAULT_SUBNET, python=DEFAULT_PYTHON, timeout=DEFAULT_TIMEOUT,
+       owner_pid=None, log=_log_stderr):
+    """Build the lab in ``base`` and return its state dict. Raises LabBusy/LabError; a failed ``up`` tears down what it built.
+
+    ``owner_pid``: a process whose death makes the lab stale even while its sshds run (a pytest run that
+    was killed); without it the lab counts as live as long as one of its sshds runs.
+    """
     started = time.monotonic()
     preflight()
     state = plan(base, servers, agents, name, bridge or "%s-br0" % name, subnet)
+    if owner_pid:
+        state["owner"] = {"pid": owner_pid, "start": pid_start_time(owner_pid)}
     os.makedirs(state["base"], exist_ok=True)
     clear_stale(state, log)
+    # A fresh lab starts with empty private directories, new keys and no old control sockets.
     for directory in ("keys", "cp", "hosts"):
-        os.makedirs(os.path.join(state["base"], directory), exist_ok=True)
+        shutil.rmtree(os.path.join(state["base"], directory), ignore_errors=True)
+        os.makedirs(os.path.join(state["base"], directory))
     state["status"] = "starting"
     state["run_netns_created"] = not os.path.isdir(RUN_NETNS)
     save_state(state)

@@ -69,7 +69,7 @@ def lab_state(tmp_path_factory):
     busy = []
     for slot in range(SLOTS):
         try:
-            state = lab.up(base, SERVERS, AGENTS, name="kpki-t%d" % slot, subnet="10.123.%d.0/24" % (250 + slot))
+            state = lab.up(base, SERVERS, AGENTS, name="kpki-t%d" % slot, subnet="10.123.%d.0/24" % (250 + slot), owner_pid=os.getpid())
             break
         except lab.LabBusy as exc:
             busy.append(str(exc))
