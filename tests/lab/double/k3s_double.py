@@ -1782,7 +1782,7 @@ class Agent:
                 error(str(exc))
             except (OSError, ssl.SSLError, http.client.HTTPException) as exc:
                 error("failed to get CA certs: %s" % exc)
-            if time.monotonic() > deadline:
+            if time.monotonic() + RETRY_INTERVAL > deadline:
                 fatal("lab: giving up after %ds: agent could not validate the server's CA against the token" % timeout)
             time.sleep(RETRY_INTERVAL)
 
