@@ -4,10 +4,11 @@
 """Multi-node lab for kubepki.certs: network namespaces on a private bridge, one sshd per "host".
 
 Every host (server1..N, agent1..M) is a network namespace ``<name>-<host>`` with a veth into a bridge,
-an address in a private subnet, a default route via the bridge and ``/etc/netns/<ns>/hosts`` listing
-all lab hosts. Its sshd runs in its own mount + UTS namespace (``unshare --mount --uts --propagation
-private``) with the hostname set and the directories of ``PRIVATE_DIRS`` bind-mounted from a per-host
-root under the lab directory, so Ansible reaches real, separate SSH targets without containers.
+an address in a private subnet, a default route and ``/etc/netns/<ns>/hosts`` listing all lab hosts
+(``ip netns exec`` bind-mounts it over /etc/hosts, so ``server1`` resolves inside every host). Its
+sshd runs in its own mount + UTS namespace (``unshare --mount --uts --propagation private``) with the
+hostname set and the directories of ``PRIVATE_DIRS`` bind-mounted from a per-host root under the lab
+directory, so Ansible reaches real, separate SSH targets without containers.
 
 Usage (root)::
 
@@ -19,8 +20,14 @@ Usage (root)::
 As a module: ``up(base, servers, agents, ...)`` returns the state dict, ``down(base)`` tears down,
 ``status(base)`` returns per-host rows. Everything the lab creates is recorded in ``<dir>/state.json``
 (written after every step, so ``down`` also cleans a half-built lab). The bridge carries the alias
-``kubepki-lab:<state.json path>``; ``up`` uses it to tell a running lab (refused, exit code 3) from
-a stale one left by a crashed run (torn down, then rebuilt).
+``kubepki-lab:<state.json path>``; ``up`` uses it to tell a running lab (refused: LabBusy, CLI exit
+code 3) from a stale one left by a crashed run (sshds dead, or the ``owner_pid`` given to ``up`` gone:
+torn down, then rebuilt). Mount points the harness creates on the real root carry a marker file, so
+they are removed even when a crashed lab's state.json is lost. Other errors: LabError, exit code 2.
+
+Managed nodes use ``--python`` (default /usr/bin/python3). The collection's modules need a newer
+``cryptography`` than Debian 12's python3-cryptography (38.0.4); ``up`` reports the version it finds
+(state.json ``node_python``) -- pass e.g. the venv's python, which every host sees (shared /usr, /work).
 
 Network traffic stays on the bridge: the root namespace owns ``<subnet>.1``, hosts get ``.11`` onward; the
 hosts' default route points at ``<subnet>.254`` (owned by nobody, so nothing is forwarded off the bridge)
@@ -78,7 +85,9 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,9}$")
 IFNAME_MAX = 15
 UNIX_PATH_MAX = 107
 CONTROL_TMP_SUFFIX = 17  # ssh binds "<ControlPath>.<16 random chars>" first, then renames it
-REQUIRED_TOOLS = ("ip", "unshare", "mount", "hostname", "ssh", "ssh-keygen", "sh")
+# Tool -> Debian package that provides it.
+REQUIRED_TOOLS = {"ip": "iproute2", "unshare": "util-linux", "mount": "mount", "hostname": "hostname", "ssh": "openssh-client",
+                  "ssh-keygen": "openssh-client", "sh": "dash"}
 
 RESOLV_CONF = "# kubepki lab: no resolver; names come from /etc/hosts\nnameserver 127.0.0.1\noptions timeout:1 attempts:1\n"
 
@@ -139,9 +148,9 @@ def preflight():
     problems = []
     if os.geteuid() != 0:
         problems.append("must run as root (network namespaces, bridges and bind mounts need CAP_NET_ADMIN and CAP_SYS_ADMIN)")
-    for tool in REQUIRED_TOOLS:
+    for tool, package in sorted(REQUIRED_TOOLS.items()):
         if shutil.which(tool) is None:
-            problems.append("%s not found on PATH (Debian: iproute2, util-linux, mount, hostname, openssh-client)" % tool)
+            problems.append("%s not found on PATH (Debian package %s)" % (tool, package))
     if not os.access(SSHD, os.X_OK):
         problems.append("%s not found (Debian: apt-get install openssh-server)" % SSHD)
     if problems:
@@ -274,6 +283,19 @@ def link_exists(ifname):
 
 def netns_list():
     return [entry.get("name") for entry in ip_json(["netns", "list"])]
+
+
+def netns_exists(netns):
+    return os.path.exists(os.path.join(RUN_NETNS, netns))
+
+
+def netns_label(netns):
+    """The harness label of namespace ``netns`` (alias of its lo), '' when unlabelled or absent."""
+    if not netns_exists(netns):
+        return ""
+    for link in ip_json(["-n", netns, "link", "show", "dev", "lo"]):
+        return link.get("ifalias") or ""
+    return ""
 
 
 def netns_pids(netns):
@@ -578,6 +600,8 @@ def _network_host(state, host):
     netns = host["netns"]
     run(["ip", "netns", "add", netns])
     host["netns_created"] = True
+    # Label the namespace itself (alias of its lo): names get reused by newer labs, nsfs inodes get reused too.
+    run(["ip", "-n", netns, "link", "set", "lo", "alias", ALIAS_PREFIX + state_path(state["base"])])
     if state["run_netns_created"]:
         _xattr_mark(RUN_NETNS)
     save_state(state)
@@ -665,7 +689,7 @@ def _version_tuple(version):
 def write_inventory(state, python):
     common = ("-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectTimeout=10 -o ControlMaster=auto -o ControlPath=%s/%%h"
               % state["control_dir"])
-    lines = ["# kubepki lab %s (generated by tests/lab/kubepki_lab.py; removed hosts vanish at 'down')" % state["name"]]
+    lines = ["# kubepki lab %s, generated by tests/lab/kubepki_lab.py up; valid until 'down --dir %s'" % (state["name"], state["base"])]
     for group in ("servers", "agents"):
         lines.append("[%s]" % group)
         lines += ["%s ansible_host=%s kubepki_lab_netns=%s kubepki_lab_root=%s/root" % (host["name"], host["address"], host["netns"], host["root"])
@@ -795,23 +819,28 @@ def teardown(state, log=_log_stderr):
     hosts = state.get("hosts", [])
     _close_control_sockets(state)
     stop_pids([host["pid"] for host in hosts if host.get("pid") and pid_matches(host["pid"], host["sshd_config"])])
-    existing = set(netns_list())
+    # Only namespaces labelled with this lab's state path: a newer lab may reuse the names after this one
+    # was declared stale.
+    label = ALIAS_PREFIX + state_path(state["base"])
+    ours = {}
     for host in hosts:
-        if host["netns"] in existing:
+        ours[host["netns"]] = netns_label(host["netns"]) == label
+        if ours[host["netns"]]:
             stop_pids(netns_pids(host["netns"]))
     # The lab's own processes, wherever they are (sessions of a crashed lab, sh wrappers).
     stop_pids(pids_with_marker(os.path.join(state["base"], "hosts") + "/"))
     for host in hosts:
-        if link_exists(host["veth"]):
-            run(["ip", "link", "del", host["veth"]], check=False)
-        if host["netns"] in existing:
+        if ours[host["netns"]]:
+            if link_exists(host["veth"]):
+                run(["ip", "link", "del", host["veth"]], check=False)
             run(["ip", "netns", "del", host["netns"]], check=False)
-        shutil.rmtree(os.path.join(NETNS_DIR, host["netns"]), ignore_errors=True)
+        if ours[host["netns"]] or not netns_exists(host["netns"]):
+            shutil.rmtree(os.path.join(NETNS_DIR, host["netns"]), ignore_errors=True)
     if state.get("bridge") and link_exists(state["bridge"]):
         alias = ""
         for link in ip_json(["link", "show", "dev", state["bridge"]]):
             alias = link.get("ifalias") or ""
-        if alias == ALIAS_PREFIX + state_path(state["base"]) or state.get("bridge_created"):
+        if alias == ALIAS_PREFIX + state_path(state["base"]) or (not alias and state.get("bridge_created")):
             run(["ip", "link", "del", state["bridge"]], check=False)
     _remove_shared_dirs(state, log)
     for host in hosts:
@@ -829,10 +858,10 @@ def down(base, log=_log_stderr):
     if state is None:
         log("no lab state in %s: nothing to do" % os.path.abspath(base))
         return None
-    if state.get("status") == "down" and not lab_alive(state) and not any(host["netns"] in netns_list() for host in state["hosts"]):
-        if not link_exists(state.get("bridge", "")):
-            log("lab in %s is already down" % state["base"])
-            return None
+    if state.get("status") == "down":
+        # A finished teardown; names it used may belong to a newer lab by now.
+        log("lab in %s is already down" % state["base"])
+        return None
     return teardown(state, log)
 
 
