@@ -456,6 +456,26 @@ def split_roots(certs):
     return roots, inter
 
 
+def issuer_changed(leaf, chain_pem, bundle_pem):
+    """Why a leaf must be re-issued for the current CA (first cert of the bundle), or None.
+
+    Older deps.go revisions compare the leaf's AKI with the CA's SKI; newer ones Verify the leaf against
+    the CA file as a pool. A cross-signed bundle still holds the old root, so a pool Verify alone would
+    keep leaves of the old CA: the double applies both (issuer match, then Verify)."""
+    signer = parse_certs(bundle_pem)[0]
+    leaf_aki, signer_ski = aki(leaf), ski(signer)
+    if leaf_aki and signer_ski and leaf_aki != signer_ski:
+        return "issuer changed: authority key id does not match the current CA"
+    if leaf.issuer.public_bytes() != signer.subject.public_bytes():
+        return "issuer changed: %s is not the current CA %s" % (leaf.issuer.rfc4514_string(), signer.subject.rfc4514_string())
+    try:
+        check_signature(leaf, signer)
+        verify_leaf_against_bundle(chain_pem, bundle_pem, usage=None)
+    except VerifyError as exc:
+        return "issuer changed: %s" % exc
+    return None
+
+
 def hash_ca(data):
     """k3s clientaccess hashCA: one cert -> sha256(bytes); bundle -> sha256(DER of the root of chains[0]); verify error -> raw bytes."""
     certs = parse_certs(data)
@@ -1047,10 +1067,9 @@ class Server:
         leaf = certs[0]
         if pub_der(leaf.public_key()) != pub_der(key.public_key()):
             return "key mismatch"
-        try:
-            verify_leaf_against_bundle(chain, read_bytes(self.path(ca_field)), usage=None)
-        except VerifyError as exc:
-            return "issuer changed: %s" % exc
+        reason = issuer_changed(leaf, chain, read_bytes(self.path(ca_field)))
+        if reason:
+            return reason
         if common_name(leaf) != cn or [a.value for a in leaf.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)] != ([org] if org else []):
             return "subject changed"
         if sans is not None:
@@ -1101,10 +1120,12 @@ class Server:
                 with open(path, encoding="utf-8") as handle:
                     cached = json.load(handle)
                 chain = cached["cert"].encode()
-                verify_leaf_against_bundle(chain, read_bytes(self.path("ServerCA")), usage=None)
+                reason = issuer_changed(parse_certs(chain)[0], chain, read_bytes(self.path("ServerCA")))
                 have = ext_value(parse_certs(chain)[0], x509.oid.ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
                 have_set = set(str(v.value) for v in have) if have is not None else set()
-                if set(str(v.value) for v in san_list(self.sans("apiserver"))) - have_set:
+                if reason:
+                    pass
+                elif set(str(v.value) for v in san_list(self.sans("apiserver"))) - have_set:
                     reason = "SANs changed"
                 elif not_after(parse_certs(chain)[0]) - utcnow() < datetime.timedelta(days=renew_days(self.version)):
                     reason = "expiring"
@@ -1221,6 +1242,7 @@ class Server:
         self.stopping.set()
         for httpd in self.httpds:
             httpd.shutdown()
+            httpd.server_close()
         if self.etcd:
             self.etcd.stop()
 
@@ -2187,7 +2209,8 @@ def unit_pid(lab, unit, program):
             cmdline = handle.read()
     except OSError:
         return None
-    return pid if pid_alive(pid) and program.encode() in cmdline else None
+    # Installed: /usr/local/bin/<program>; local tests: python3 .../k3s_double.py (program from the environment).
+    return pid if pid_alive(pid) and (program.encode() in cmdline or b"k3s_double" in cmdline) else None
 
 
 def log_tail(path, lines=15):

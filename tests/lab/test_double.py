@@ -1,0 +1,546 @@
+# Copyright (c) kubepki.certs contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Tests of the k3s/RKE2 lab double (tests/lab/double/k3s_double.py), CI-fast, no network namespaces.
+
+Every "host" is a private root (KUBEPKI_DOUBLE_ROOT) with its own loopback address (127.X.Y.Z), so
+servers, agents and their real etcd members run side by side on this machine. CA material for the
+rotations is made with the openssl CLI the way contrib/util/rotate-default-ca-certs.sh does it,
+never with the collection's code. The double runs under Debian's /usr/bin/python3.
+"""
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DOUBLE = os.path.join(HERE, "double", "k3s_double.py")
+PYTHON = "/usr/bin/python3"
+CA_TYPES = ("client", "server", "request-header", "etcd/peer", "etcd/server")
+V3_CA = """[req]
+distinguished_name = dn
+[dn]
+[v3_ca]
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid:always
+basicConstraints = critical, CA:true
+keyUsage = critical, digitalSignature, keyEncipherment, keyCertSign
+"""
+MISSING = [tool for tool in ("etcd", "etcdctl", "openssl") if shutil.which(tool) is None]
+
+pytestmark = [
+    pytest.mark.skipif(not os.access(PYTHON, os.X_OK), reason="needs Debian's /usr/bin/python3"),
+    pytest.mark.skipif(bool(MISSING), reason="needs %s (Debian etcd-server, etcd-client, openssl)" % ", ".join(MISSING)),
+]
+
+
+def _free_subnet():
+    """A 127.A.B.0/24 loopback block where nothing listens on the ports the double uses."""
+    for attempt in range(50):
+        del attempt
+        prefix = "127.%d.%d" % (random.randint(100, 250), random.randint(1, 250))
+        busy = False
+        for host in range(2, 8):
+            for port in (6443, 9345, 2379, 2380):
+                with socket.socket() as sock:
+                    sock.settimeout(0.05)
+                    if sock.connect_ex(("%s.%d" % (prefix, host), port)) == 0:
+                        busy = True
+        if not busy:
+            return prefix
+    raise RuntimeError("no free loopback block")
+
+
+def openssl(*args, cwd=None):
+    result = subprocess.run(["openssl"] + list(args), check=False, capture_output=True, text=True, cwd=cwd, timeout=60)
+    assert result.returncode == 0, "openssl %s: %s" % (" ".join(args), result.stderr)
+    return result.stdout
+
+
+def sha256_file(path):
+    with open(path, "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
+
+
+def der_sha256(pem_path):
+    der = subprocess.run(["openssl", "x509", "-in", pem_path, "-outform", "DER"], check=True, capture_output=True, timeout=30).stdout
+    return hashlib.sha256(der).hexdigest()
+
+
+def subject_cn(pem_path):
+    out = openssl("x509", "-in", pem_path, "-noout", "-subject", "-nameopt", "multiline")
+    for line in out.splitlines():
+        if "commonName" in line:
+            return line.split("=", 1)[1].strip()
+    return ""
+
+
+def issuer_cn(pem_path):
+    out = openssl("x509", "-in", pem_path, "-noout", "-issuer", "-nameopt", "multiline")
+    for line in out.splitlines():
+        if "commonName" in line:
+            return line.split("=", 1)[1].strip()
+    return ""
+
+
+class Node:
+    """One lab "host": a private root, a loopback address, the double's service wrapper."""
+
+    def __init__(self, lab, name, address, program="k3s", role="server"):
+        self.lab = lab
+        self.name = name
+        self.address = address
+        self.program = program
+        self.role = role
+        self.root = os.path.join(lab.base, name)
+        self.etc = os.path.join(self.root, "etc/rancher", program)
+        self.data = os.path.join(self.root, "var/lib/rancher", program)
+        if program == "k3s":
+            self.unit = "k3s" if role == "server" else "k3s-agent"
+        else:
+            self.unit = "rke2-server" if role == "server" else "rke2-agent"
+        os.makedirs(self.etc, exist_ok=True)
+
+    @property
+    def tls(self):
+        return os.path.join(self.data, "server", "tls")
+
+    @property
+    def log(self):
+        return os.path.join(self.data, "lab", self.unit + ".log")
+
+    def env(self, extra=None):
+        env = dict(os.environ, KUBEPKI_DOUBLE_ROOT=self.root, KUBEPKI_DOUBLE_PROGRAM=self.program, KUBEPKI_DOUBLE_AGENT_TIMEOUT="6",
+                   KUBEPKI_DOUBLE_START_TIMEOUT="60", KUBEPKI_DOUBLE_STALE="6", KUBEPKI_DOUBLE_HEARTBEAT="1")
+        env.pop("KUBECONFIG", None)
+        for key in list(env):
+            if key.startswith(("K3S_", "RKE2_")):
+                del env[key]
+        env.update(extra or {})
+        return env
+
+    def config(self, **keys):
+        data = {"node-name": self.name, "node-ip": self.address, "bind-address": self.address, "lab-datastore": self.lab.datastore}
+        data.update(keys)
+        with open(os.path.join(self.etc, "config.yaml"), "w", encoding="utf-8") as handle:
+            for key, value in data.items():
+                handle.write("%s: %s\n" % (key, json.dumps(value)))
+
+    def run(self, *args, env=None, timeout=120):
+        cmd = [PYTHON, DOUBLE] + list(args)
+        return subprocess.run(cmd, check=False, capture_output=True, text=True, env=self.env(env), timeout=timeout)
+
+    def service(self, action, env=None):
+        return self.run("lab-service", self.unit, action, env=env)
+
+    def token(self):
+        with open(os.path.join(self.data, "server", "token"), encoding="utf-8") as handle:
+            return handle.read().strip()
+
+    def read_log(self):
+        try:
+            with open(self.log, encoding="utf-8", errors="replace") as handle:
+                return handle.read()
+        except OSError:
+            return ""
+
+    def url(self):
+        return "https://%s:%d" % (self.address, 9345 if self.program == "rke2" else 6443)
+
+
+class Lab:
+    def __init__(self, base):
+        self.base = base
+        self.prefix = _free_subnet()
+        self.datastore = os.path.join(base, "datastore")
+        self.nodes = []
+        self.counter = 1
+
+    def node(self, name, program="k3s", role="server"):
+        self.counter += 1
+        node = Node(self, name, "%s.%d" % (self.prefix, self.counter), program, role)
+        self.nodes.append(node)
+        return node
+
+    def stop_all(self):
+        for node in reversed(self.nodes):
+            node.service("stop")
+
+
+def started(node, env=None):
+    result = node.service("start", env=env)
+    assert result.returncode == 0, "%s: %s%s\n%s" % (node.name, result.stdout, result.stderr, node.read_log()[-3000:])
+    return result
+
+
+def restarted(node):
+    result = node.service("restart")
+    assert result.returncode == 0, "%s: %s%s\n%s" % (node.name, result.stdout, result.stderr, node.read_log()[-3000:])
+
+
+def get_nodes(server):
+    result = server.run("kubectl", "get", "nodes", "-o", "json")
+    assert result.returncode == 0, result.stderr
+    return {item["metadata"]["name"]: item["status"]["conditions"][0]["status"] for item in json.loads(result.stdout)["items"]}
+
+
+def wait_ready(server, name, want="True", timeout=20):
+    deadline = time.monotonic() + timeout
+    state = None
+    while time.monotonic() < deadline:
+        state = get_nodes(server).get(name)
+        if state == want:
+            return
+        time.sleep(0.5)
+    raise AssertionError("node %s is %s, wanted Ready=%s" % (name, state, want))
+
+
+def etcdctl(node, *args, cert=True):
+    etcd = os.path.join(node.tls, "etcd")
+    cmd = ["etcdctl", "--endpoints=https://%s:2379" % node.address, "--cacert=%s" % os.path.join(etcd, "server-ca.crt"), "--dial-timeout=3s",
+           "--command-timeout=5s"]
+    if cert:
+        cmd += ["--cert=%s" % os.path.join(etcd, "client.crt"), "--key=%s" % os.path.join(etcd, "client.key")]
+    # etcdctl prints "endpoint health" results on stderr: merge the streams.
+    return subprocess.run(cmd + list(args), check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=30,
+                          env=dict(os.environ, ETCDCTL_API="3"))
+
+
+def stage_rotation(server, stage, product="k3s", cross_signed=True, keep_service_key=True, types=CA_TYPES):
+    """rotate-default-ca-certs.sh with the openssl CLI: new root (self-signed + cross-signed by the old root), new intermediate, bundle."""
+    work = tempfile.mkdtemp(dir=stage)
+    conf = os.path.join(work, "v3.cnf")
+    with open(conf, "w", encoding="utf-8") as handle:
+        handle.write(V3_CA)
+    stamp = int(time.time())
+    for ca_type in types:
+        old_crt = os.path.join(server.tls, ca_type + "-ca.crt")
+        old_key = os.path.join(server.tls, ca_type + "-ca.key")
+        flat = ca_type.replace("/", "-")
+        root_key, root_ss, root_xs = (os.path.join(work, flat + suffix) for suffix in ("-root.key", "-root-ssigned.pem", "-root-xsigned.pem"))
+        inter_key, inter_pem, csr = (os.path.join(work, flat + suffix) for suffix in ("-ca.key", "-ca.pem", ".csr"))
+        openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", root_key)
+        subj = "/CN=%s-%s-root@%d" % (product, flat, stamp)
+        openssl("req", "-x509", "-new", "-key", root_key, "-sha256", "-days", "7300", "-subj", subj, "-config", conf, "-extensions", "v3_ca", "-out", root_ss)
+        openssl("req", "-new", "-key", root_key, "-subj", subj, "-config", conf, "-out", csr)
+        openssl("x509", "-req", "-in", csr, "-CA", old_crt, "-CAkey", old_key, "-set_serial", "0x%x" % random.getrandbits(63), "-days", "7300",
+                "-sha256", "-extfile", conf, "-extensions", "v3_ca", "-out", root_xs)
+        openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", inter_key)
+        openssl("req", "-new", "-key", inter_key, "-subj", "/CN=%s-%s-ca@%d" % (product, flat, stamp), "-config", conf, "-out", csr)
+        openssl("x509", "-req", "-in", csr, "-CA", root_ss, "-CAkey", root_key, "-set_serial", "0x%x" % random.getrandbits(63), "-days", "7300",
+                "-sha256", "-extfile", conf, "-extensions", "v3_ca", "-out", inter_pem)
+        parts = [inter_pem, root_ss] + ([root_xs, old_crt] if cross_signed else [])
+        target = os.path.join(stage, "tls", ca_type + "-ca")
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(target + ".crt", "wb") as out:
+            for part in parts:
+                with open(part, "rb") as handle:
+                    out.write(handle.read())
+        with open(target + ".key", "wb") as out:
+            for part in (inter_key, root_key):
+                with open(part, "rb") as handle:
+                    out.write(handle.read())
+    new_service = os.path.join(work, "service.key")
+    openssl("genrsa", "-traditional", "-out", new_service, "2048")
+    with open(os.path.join(stage, "tls", "service.key"), "wb") as out:
+        with open(new_service, "rb") as handle:
+            out.write(handle.read())
+        if keep_service_key:
+            with open(os.path.join(server.tls, "service.key"), "rb") as handle:
+                out.write(handle.read())
+    return work
+
+
+@pytest.fixture(scope="module")
+def lab():
+    base = tempfile.mkdtemp(prefix="kubepki-double-")
+    the_lab = Lab(base)
+    try:
+        yield the_lab
+    finally:
+        the_lab.stop_all()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cluster(lab):
+    """server1 (cluster-init) + server2 (joined, real 2-member etcd) + agent1; started lazily by the tests."""
+    server1 = lab.node("server1")
+    server1.config(**{"cluster-init": True})
+    started(server1)
+    server2 = lab.node("server2")
+    server2.config(server=server1.url(), token=server1.token())
+    started(server2)
+    return {"server1": server1, "server2": server2}
+
+
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_version_is_configurable(lab):
+    node = lab.node("versioned")
+    result = node.run("--version")
+    assert result.returncode == 0 and result.stdout.startswith("k3s version v1.31.6+k3s1 ("), result.stdout
+    with open(os.path.join(node.etc, "lab-version"), "w", encoding="utf-8") as handle:
+        handle.write("v1.33.1+k3s1\n")
+    assert node.run("--version").stdout.startswith("k3s version v1.33.1+k3s1 (")
+    result = node.run("--version", env={"KUBEPKI_DOUBLE_VERSION": "v1.30.2+k3s2"})
+    assert result.stdout.startswith("k3s version v1.30.2+k3s2 (")
+    rke2 = Node(lab, "versioned-rke2", "127.0.0.1", program="rke2")
+    assert rke2.run("--version").stdout.startswith("rke2 version v1.31.6+rke2r1 (")
+
+
+def test_server_initialises_token_and_cacerts(cluster):
+    server1 = cluster["server1"]
+    ca = os.path.join(server1.tls, "server-ca.crt")
+    token = server1.token()
+    assert token == "K10%s::server:%s" % (sha256_file(ca), token.rsplit(":", 1)[1])
+    assert len(token.rsplit(":", 1)[1]) == 32
+    token_path = os.path.join(server1.data, "server", "token")
+    assert os.stat(token_path).st_mode & 0o777 == 0o600
+    assert os.readlink(os.path.join(server1.data, "server", "node-token")) == "token"
+    assert subject_cn(ca).startswith("k3s-server-ca@")
+    assert "Authority Key Identifier" not in openssl("x509", "-in", ca, "-noout", "-text")
+    with open(os.path.join(server1.tls, "service.key"), encoding="utf-8") as handle:
+        assert handle.read().startswith("-----BEGIN RSA PRIVATE KEY-----")
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection((server1.address, 6443), timeout=5) as raw:
+        with ctx.wrap_socket(raw) as conn:
+            conn.sendall(b"GET /cacerts HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            data = b""
+            while True:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    with open(ca, "rb") as handle:
+        assert data.split(b"\r\n\r\n", 1)[1] == handle.read()
+    # The joined server got the same CAs from the datastore and wrote the same token.
+    assert cluster["server2"].token() == token
+    # API paths need a client certificate under the client CA; kubectl uses the admin kubeconfig.
+    result = server1.run("kubectl", "get", "--raw", "/readyz")
+    assert result.returncode == 0 and result.stdout == "ok"
+    for leaf, cn in (("client-admin", "system:admin"), ("serving-kube-apiserver", "kube-apiserver"), ("etcd/peer-server-client", "etcd-peer")):
+        assert subject_cn(os.path.join(server1.tls, leaf + ".crt")) == cn
+
+
+def test_etcd_members_talk_tls_with_lab_certs(cluster):
+    server2 = cluster["server2"]
+    result = etcdctl(server2, "endpoint", "health", "--cluster")
+    assert result.returncode == 0, result.stdout
+    assert result.stdout.count("is healthy") == 2, result.stdout
+    listing = etcdctl(server2, "member", "list")
+    assert "server1" in listing.stdout and "server2" in listing.stdout and "https://" in listing.stdout
+    refused = etcdctl(server2, "endpoint", "health", cert=False)
+    assert refused.returncode != 0
+
+
+def test_agent_token_hash_gate(lab, cluster):
+    server1 = cluster["server1"]
+    agent = lab.node("agent1", role="agent")
+    cluster["agent1"] = agent
+    good = server1.token()
+    wrong = "K10%s::%s" % ("0" * 64, good.split("::", 1)[1])
+    agent.config(server=server1.url())
+    env_dir = os.path.join(agent.root, "etc/systemd/system")
+    os.makedirs(env_dir, exist_ok=True)
+    env_file = os.path.join(env_dir, "k3s-agent.service.env")
+    with open(env_file, "w", encoding="utf-8") as handle:
+        handle.write("K3S_TOKEN=%s\n" % wrong)
+    result = agent.service("start")
+    assert result.returncode != 0
+    expected = "token CA hash does not match the Cluster CA certificate hash: %s != %s" % ("0" * 64, good[3:67])
+    assert expected in agent.read_log()
+    assert not os.path.exists(os.path.join(agent.data, "agent", "client-kubelet.crt"))
+    assert agent.service("status").returncode == 3
+    with open(env_file, "w", encoding="utf-8") as handle:
+        handle.write("K3S_TOKEN='%s'\n" % good)
+    started(agent)
+    assert agent.service("status").returncode == 0
+    wait_ready(server1, "agent1")
+    nodes = get_nodes(server1)
+    assert nodes == {"server1": "True", "server2": "True", "agent1": "True"}
+    for fname in ("client-ca.crt", "server-ca.crt"):
+        assert sha256_file(os.path.join(agent.data, "agent", fname)) == sha256_file(os.path.join(server1.tls, fname))
+    assert issuer_cn(os.path.join(agent.data, "agent", "client-kubelet.crt")).startswith("k3s-client-ca@")
+
+
+def rotate_ca(server, stage, force=False):
+    args = ["certificate", "rotate-ca", "--path", stage, "--server", server.url()] + (["--force"] if force else [])
+    return server.run(*args)
+
+
+def test_rotate_ca_refusals(lab, cluster):
+    server1 = cluster["server1"]
+    datastore = os.path.join(lab.datastore, "bootstrap.json")
+    before = sha256_file(datastore)
+    # (d) a new CA that does not chain to the old root
+    stage = tempfile.mkdtemp(dir=lab.base, prefix="stage-plain-")
+    stage_rotation(server1, stage, cross_signed=False)
+    result = rotate_ca(server1, stage)
+    assert result.returncode != 0
+    assert "see server log for details" in result.stderr and "certificate error ID" in result.stderr
+    log = server1.read_log()
+    assert "ServerCA: new CA cert cannot be verified using old CA chain: x509: certificate signed by unknown authority" in log
+    # (d') a single-certificate bundle
+    single = tempfile.mkdtemp(dir=lab.base, prefix="stage-single-")
+    os.makedirs(os.path.join(single, "tls"))
+    openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", os.path.join(single, "tls", "client-ca.key"))
+    openssl("req", "-x509", "-new", "-key", os.path.join(single, "tls", "client-ca.key"), "-subj", "/CN=single", "-days", "30",
+            "-out", os.path.join(single, "tls", "client-ca.crt"))
+    assert rotate_ca(server1, single).returncode != 0
+    assert "ClientCA: new CA bundle contains only a single certificate but should include root or intermediate CA certificates" in server1.read_log()
+    # (e) cross-signed, but the old service key was not kept
+    nokey = tempfile.mkdtemp(dir=lab.base, prefix="stage-nokey-")
+    stage_rotation(server1, nokey, keep_service_key=False, types=("server",))
+    assert rotate_ca(server1, nokey).returncode != 0
+    assert "ServiceKey: old ServiceAccount signing key not in new ServiceAccount key list" in server1.read_log()
+    # a cert staged with the wrong key: first cert must match the first key
+    badkey = tempfile.mkdtemp(dir=lab.base, prefix="stage-badkey-")
+    stage_rotation(server1, badkey, types=("request-header",))
+    openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", os.path.join(badkey, "tls", "request-header-ca.key"))
+    assert rotate_ca(server1, badkey).returncode != 0
+    assert "RequestHeaderCAKey: new CA cert and key cannot be loaded as X590KeyPair: tls: private key does not match public key" in server1.read_log()
+    assert sha256_file(datastore) == before
+
+
+def test_rotate_ca_cross_signed_then_restart_reissues_leaves(lab, cluster):
+    server1, server2, agent = cluster["server1"], cluster["server2"], cluster["agent1"]
+    old_token = server1.token()
+    old_admin_issuer = issuer_cn(os.path.join(server1.tls, "client-admin.crt"))
+    stage = tempfile.mkdtemp(dir=lab.base, prefix="stage-xs-")
+    work = stage_rotation(server1, stage)
+    result = rotate_ca(server1, stage)
+    assert result.returncode == 0, result.stderr + server1.read_log()[-2000:]
+    assert "certificates saved to datastore" in result.stdout
+    assert "Cluster Certificate Authority data has been updated, k3s must be restarted." in server1.read_log()
+    # Nothing changes on disk until a restart; /cacerts is cached.
+    assert server1.token() == old_token
+    # Restart servers first (one at a time), then the agent.
+    for server in (server1, server2):
+        restarted(server)
+        assert etcdctl(server, "endpoint", "health", "--cluster").returncode == 0
+        admin = os.path.join(server.tls, "client-admin.crt")
+        assert issuer_cn(admin) == "k3s-client-ca@" + subject_cn(os.path.join(work, "client-ca.pem")).split("@", 1)[1]
+        assert issuer_cn(admin) != old_admin_issuer
+        for leaf, ca_type in (("client-admin", "client"), ("serving-kube-apiserver", "server"), ("etcd/server-client", "etcd-server"),
+                              ("etcd/peer-server-client", "etcd-peer"), ("client-auth-proxy", "request-header")):
+            openssl("verify", "-partial_chain", "-CAfile", os.path.join(work, ca_type + "-ca.pem"), os.path.join(server.tls, leaf + ".crt"))
+        # hashCA of the cross-signed bundle = sha256 of the DER of the new self-signed root
+        new_hash = der_sha256(os.path.join(work, "server-root-ssigned.pem"))
+        assert server.token() == "K10%s::%s" % (new_hash, old_token.split("::", 1)[1])
+    result = etcdctl(server1, "endpoint", "health", "--cluster")
+    assert result.returncode == 0 and result.stdout.count("is healthy") == 2, result.stdout
+    # The agent still holds the old token: refused with upstream's message.
+    assert agent.service("restart").returncode != 0
+    assert "token CA hash does not match the Cluster CA certificate hash: %s != %s" % (old_token[3:67], new_hash) in agent.read_log()
+    env_file = os.path.join(agent.root, "etc/systemd/system/k3s-agent.service.env")
+    with open(env_file, "w", encoding="utf-8") as handle:
+        handle.write("K3S_TOKEN=%s\n" % server1.token())
+    started(agent)
+    wait_ready(server1, "agent1")
+    openssl("verify", "-partial_chain", "-CAfile", os.path.join(work, "client-ca.pem"), os.path.join(agent.data, "agent", "client-kubelet.crt"))
+
+
+def test_mtime_rule(lab, cluster):
+    server2 = cluster["server2"]
+    assert server2.service("stop").returncode == 0
+    path = os.path.join(server2.tls, "request-header-ca.crt")
+    with open(path, "rb") as handle:
+        original = handle.read()
+    with open(path, "ab") as handle:
+        handle.write(b"\n")
+    future = time.time() + 60
+    os.utime(path, (future, future))
+    result = server2.service("start")
+    assert result.returncode != 0
+    assert ("%s newer than datastore and could cause a cluster outage. Remove the file(s) from disk and restart to be recreated from datastore." % path
+            in server2.read_log())
+    # An older differing copy is overwritten from the datastore.
+    os.utime(path, (time.time() - 3600, time.time() - 3600))
+    started(server2)
+    with open(path, "rb") as handle:
+        assert handle.read() == original
+
+
+def test_certificate_rotate_and_check(cluster):
+    server2 = cluster["server2"]
+    admin = os.path.join(server2.tls, "client-admin.crt")
+    serial = openssl("x509", "-in", admin, "-noout", "-serial")
+    assert server2.service("stop").returncode == 0
+    result = server2.run("certificate", "rotate", "--service", "admin,etcd")
+    assert result.returncode == 0, result.stderr
+    backups = [d for d in os.listdir(os.path.join(server2.data, "server")) if d.startswith("tls-")]
+    assert backups and os.path.exists(os.path.join(server2.data, "server", backups[0], "client-admin.crt"))
+    assert not os.path.exists(admin) and not os.path.exists(os.path.join(server2.tls, "etcd", "peer-server-client.crt"))
+    assert server2.run("certificate", "rotate", "--service", "nope").returncode != 0
+    started(server2)
+    assert openssl("x509", "-in", admin, "-noout", "-serial") != serial
+    check = server2.run("certificate", "check", "-o", "json")
+    rows = json.loads(check.stdout)
+    assert {"filename", "subject", "usages", "expiryTime", "residualTime", "status"} <= set(rows[0])
+    assert any(row["filename"] == "server/tls/client-admin.crt" and row["status"] == "OK" for row in rows)
+
+
+def test_forced_rotation_of_unrelated_ca(lab, cluster):
+    server1 = cluster["server1"]
+    stage = tempfile.mkdtemp(dir=lab.base, prefix="stage-force-")
+    work = stage_rotation(server1, stage, cross_signed=False, types=("client",))
+    assert rotate_ca(server1, stage).returncode != 0
+    result = rotate_ca(server1, stage, force=True)
+    assert result.returncode == 0 and "certificates saved to datastore" in result.stdout
+    assert "Save of CA certificates and keys forced, ignoring validation errors: ClientCA: new CA cert cannot be verified" in server1.read_log()
+    # Nodes still on leaves of the old client CA turn NotReady once the datastore holds the unrelated CA.
+    wait_ready(server1, "agent1", want="False")
+    restarted(server1)
+    openssl("verify", "-partial_chain", "-CAfile", os.path.join(work, "client-ca.pem"), os.path.join(server1.tls, "client-admin.crt"))
+    wait_ready(server1, "server1")
+
+
+def test_staged_files_with_old_mtimes_break_the_restart(lab):
+    """A staging dir restored with old mtimes (cp -p): saved, but the restart refuses (pitfall 6)."""
+    server = lab.node("mtime1")
+    server.config(**{"cluster-init": True, "lab-datastore": os.path.join(lab.base, "datastore-mtime")})
+    started(server)
+    stage = tempfile.mkdtemp(dir=lab.base, prefix="stage-old-")
+    stage_rotation(server, stage, types=("server",))
+    old = time.time() - 7200
+    for name in ("server-ca.crt", "server-ca.key", "service.key"):
+        os.utime(os.path.join(stage, "tls", name), (old, old))
+    assert rotate_ca(server, stage).returncode == 0
+    result = server.service("restart")
+    assert result.returncode != 0
+    assert "newer than datastore and could cause a cluster outage" in server.read_log()
+    server.service("stop")
+
+
+def test_rke2_flavour(lab):
+    server = lab.node("rke2s1", program="rke2")
+    server.config(**{"lab-datastore": os.path.join(lab.base, "datastore-rke2")})
+    started(server)
+    assert os.path.exists(os.path.join(server.tls, "client-rke2-controller.crt"))
+    assert subject_cn(os.path.join(server.tls, "server-ca.crt")).startswith("rke2-server-ca@")
+    assert server.run("kubectl", "get", "--raw", "/readyz").stdout == "ok"
+    stage = tempfile.mkdtemp(dir=lab.base, prefix="stage-rke2-")
+    stage_rotation(server, stage, product="rke2", types=("client",))
+    result = server.run("certificate", "rotate-ca", "--path", stage, "--server", server.url())
+    assert result.returncode == 0 and "certificates saved to datastore" in result.stdout, result.stderr
+    assert not os.path.exists(os.path.join(server.data, "force-restart"))
+    assert server.service("stop").returncode == 0
+    assert server.run("certificate", "rotate", "--service", "rke2-controller").returncode == 0
+    assert os.path.exists(os.path.join(server.data, "force-restart"))
+    assert not os.path.exists(os.path.join(server.tls, "client-rke2-controller.crt"))
+    started(server)
+    assert os.path.exists(os.path.join(server.tls, "client-rke2-controller.crt"))
+    server.service("stop")
