@@ -197,7 +197,8 @@ def public_keys_from_pem(data):
             if kind == "PUBLIC KEY":
                 keys.append(serialization.load_der_public_key(der))
             else:
-                keys.append(serialization.load_pem_public_key(b"-----BEGIN RSA PUBLIC KEY-----\n" + base64.encodebytes(der) + b"-----END RSA PUBLIC KEY-----\n"))
+                pem = b"-----BEGIN RSA PUBLIC KEY-----\n" + base64.encodebytes(der) + b"-----END RSA PUBLIC KEY-----\n"
+                keys.append(serialization.load_pem_public_key(pem))
     if not keys:
         raise ValueError("data does not contain any valid RSA or ECDSA public keys")
     return keys
@@ -435,7 +436,8 @@ def go_verify(leaf, roots, intermediates, usages=(ExtendedKeyUsageOID.SERVER_AUT
                 raise state.err
             msg = "x509: certificate signed by unknown authority"
             if state.hint is not None:
-                msg += " (possibly because of %s while trying to verify candidate authority certificate %s)" % (json.dumps(state.hint[0]), json.dumps(state.hint[1]))
+                msg += " (possibly because of %s while trying to verify candidate authority certificate %s)" % (
+                    json.dumps(state.hint[0]), json.dumps(state.hint[1]))
             raise VerifyError(msg)
     if usages is None:
         return chains
@@ -1017,7 +1019,8 @@ class Server:
             else:
                 updates.append((path, content, stamp))
         if newer:
-            fatal(", ".join(newer) + " newer than datastore and could cause a cluster outage. Remove the file(s) from disk and restart to be recreated from datastore.")
+            fatal(", ".join(newer) + " newer than datastore and could cause a cluster outage."
+                  " Remove the file(s) from disk and restart to be recreated from datastore.")
         for path, content, stamp in updates:
             info("Reconciling %s from datastore" % path)
             mode = 0o600 if path.endswith(".key") else 0o644
@@ -1175,9 +1178,9 @@ class Server:
         for name_, leaf in (("admin", "client-admin"), ("supervisor", "client-supervisor"), ("controller", "client-controller"),
                             ("scheduler", "client-scheduler"), ("api-server", "client-kube-apiserver"),
                             ("cloud-controller", "client-%s-cloud-controller" % self.program)):
-            atomic_write(os.path.join(cred, name_ + ".kubeconfig"), kubeconfig_text(url, ca_file=self.path("ServerCA"),
-                                                                                     cert_file=os.path.join(self.tls, leaf + ".crt"),
-                                                                                     key_file=os.path.join(self.tls, leaf + ".key")), 0o600)
+            text = kubeconfig_text(url, ca_file=self.path("ServerCA"), cert_file=os.path.join(self.tls, leaf + ".crt"),
+                                   key_file=os.path.join(self.tls, leaf + ".key"))
+            atomic_write(os.path.join(cred, name_ + ".kubeconfig"), text, 0o600)
         embedded = kubeconfig_text(url, ca_data=read_bytes(self.path("ServerCA")), cert_data=read_bytes(os.path.join(self.tls, "client-admin.crt")),
                                    key_data=read_bytes(os.path.join(self.tls, "client-admin.key")))
         target = str(self.cfg.get("write-kubeconfig") or os.path.join(self.flavor.etc, "%s.yaml" % self.program))
@@ -1397,7 +1400,9 @@ def load_x509_key_pair(cert_path, key_path):
     except (OSError, ValueError) as exc:
         return "tls: %s" % exc
     if pub_der(cert.public_key()) != pub_der(key.public_key()):
-        if type(cert.public_key()).__mro__[1] != type(key.public_key()).__mro__[1]:
+        same_type = any(isinstance(cert.public_key(), kind) and isinstance(key.public_key(), kind)
+                        for kind in (rsa.RSAPublicKey, ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey))
+        if not same_type:
             return "tls: private key type does not match public key type"
         return "tls: private key does not match public key"
     return None
@@ -1845,8 +1850,8 @@ class Agent:
         ca = os.path.join(self.dir, "server-ca.crt")
         for fname, leaf in (("kubelet.kubeconfig", "client-kubelet"), ("kubeproxy.kubeconfig", "client-kube-proxy"),
                             ("%scontroller.kubeconfig" % self.program, "client-%s-controller" % self.program)):
-            atomic_write(os.path.join(self.dir, fname), kubeconfig_text(self.api_url, ca_file=ca, cert_file=os.path.join(self.dir, leaf + ".crt"),
-                                                                       key_file=os.path.join(self.dir, leaf + ".key")), 0o600)
+            text = kubeconfig_text(self.api_url, ca_file=ca, cert_file=os.path.join(self.dir, leaf + ".crt"), key_file=os.path.join(self.dir, leaf + ".key"))
+            atomic_write(os.path.join(self.dir, fname), text, 0o600)
         info("Agent %s registered with %s" % (self.node, self.url))
         self.heartbeat()
 
@@ -2132,8 +2137,8 @@ def cmd_kubectl(flavor, args):
     for item in items:
         ready = item["status"]["conditions"][0]["status"]
         roles = ",".join(sorted(k.split("/", 1)[1] for k in item["metadata"]["labels"] if k.startswith("node-role.kubernetes.io/"))) or "<none>"
-        print("%-12s %-10s %-28s %-6s %s" % (item["metadata"]["name"], "Ready" if ready == "True" else "NotReady", roles, "-",
-                                            item["status"]["nodeInfo"]["kubeletVersion"]))
+        state = "Ready" if ready == "True" else "NotReady"
+        print("%-12s %-10s %-28s %-6s %s" % (item["metadata"]["name"], state, roles, "-", item["status"]["nodeInfo"]["kubeletVersion"]))
     return 0
 
 
