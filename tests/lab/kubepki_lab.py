@@ -25,9 +25,10 @@ code 3) from a stale one left by a crashed run (sshds dead, or the ``owner_pid``
 torn down, then rebuilt). Mount points the harness creates on the real root carry a marker file, so
 they are removed even when a crashed lab's state.json is lost. Other errors: LabError, exit code 2.
 
-Managed nodes use ``--python`` (default /usr/bin/python3). The collection's modules need a newer
-``cryptography`` than Debian 12's python3-cryptography (38.0.4); ``up`` reports the version it finds
-(state.json ``node_python``) -- pass e.g. the venv's python, which every host sees (shared /usr, /work).
+Managed nodes use ``--python`` (default /usr/bin/python3, on Debian with python3-cryptography). ``up``
+checks that interpreter's ``cryptography`` against the collection's minimum (MINIMUM_CRYPTOGRAPHY_VERSION
+in plugins/module_utils/_pki/deps.py), records the result in state.json ``node_python`` and prints a note
+when it is too old; any interpreter on the real root works (the hosts share /usr and the checkout).
 
 Network traffic stays on the bridge: the root namespace owns ``<subnet>.1``, hosts get ``.11`` onward; the
 hosts' default route points at ``<subnet>.254`` (owned by nobody, so nothing is forwarded off the bridge)
