@@ -487,6 +487,11 @@ def _unit_words(chars: list, positions: list, *, path: str, line: int):
                 quote = None if quote else char
                 index += 1
                 continue
+            if char == "%" and index + 1 < len(chars) and chars[index + 1] == "%":  # systemd specifier escape
+                decoded.append("%")
+                offsets.append(positions[index])
+                index += 2
+                continue
             if char == "\\" and index + 1 < len(chars):
                 esc = chars[index + 1]
                 digits = "".join(chars[index + 2:index + 4])
@@ -759,6 +764,8 @@ def _plan_file(path: str, kind: str, *, new_hash: str, pin_bare: bool, token_env
             return None
         return FilePlan(path=path, realpath=realpath, kind=kind, exists=False,
                         locations=[Location(path=path, kind=kind, status=MISSING)])
+    except OSError as exc:
+        raise InvalidInputError("%s cannot be read: %s" % (path, exc.strerror), path=path) from None
     if not stat.S_ISREG(info.st_mode):
         raise InvalidInputError("%s is not a regular file" % path, path=path)
     before = read_bytes(realpath, what="%s file" % kind.replace("_", " "))

@@ -176,6 +176,12 @@ def test_config_duplicate_and_indented_keys(tmp_path):
     assert len(plan.files[0].locations) == 2
 
 
+def test_config_document_markers(tmp_path):
+    before = "---\n# c\ntoken: %s  # t\n...\n" % secure()
+    _plan, after = rewrite("config", before, tmp_path=tmp_path)
+    assert after == before.replace(OLD, NEW)
+
+
 def test_config_without_token_and_null(tmp_path):
     plan, after = rewrite("config", "token: ~\nagent-token:\nserver: x\n", tmp_path=tmp_path)
     assert [loc.status for loc in plan.files[0].locations] == ["no-token"]
@@ -326,6 +332,18 @@ def test_unit_file_variable_and_escaped_prefix(tmp_path):
     assert_no_secret(caught.value)
 
 
+def test_unit_file_percent_escape_same_password(tmp_path):
+    unit = "[Service]\nExecStart=/k3s agent --token K10%s::server:p%%%%w\n" % OLD
+    env = tmp_path / "env"
+    env.write_text("K3S_TOKEN=K10%s::server:p%%w\n" % OLD)
+    path = tmp_path / "unit"
+    path.write_text(unit)
+    plan = tokens.plan_join_tokens(new_hash=NEW, env_files=[str(env)], unit_files=[str(path)], token_env_vars=ALL_VARS)
+    assert not plan.warnings and tokens.plan_report(plan)["distinct_passwords"] == 1
+    tokens.apply_token_plan(plan, backup=False)
+    assert path.read_text() == unit.replace(OLD, NEW)
+
+
 def test_unit_file_flag_without_value(tmp_path):
     with pytest.raises(InvalidInputError):
         rewrite("unit", "[Service]\nExecStart=/k3s agent --token\n", tmp_path=tmp_path)
@@ -435,6 +453,18 @@ def test_directory_and_unreadable(tmp_path):
     with pytest.raises(InvalidInputError) as caught:
         tokens.plan_join_tokens(new_hash=NEW, env_files=[str(tmp_path)])
     assert str(tmp_path) in str(caught.value)
+    if os.geteuid() == 0:
+        return  # root reads anything
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (locked / "env").write_text("K3S_TOKEN=%s\n" % secure())
+    os.chmod(locked, 0)
+    try:
+        with pytest.raises(InvalidInputError) as caught:
+            tokens.plan_join_tokens(new_hash=NEW, env_files=[str(locked / "env")])
+        assert "locked/env" in str(caught.value)
+    finally:
+        os.chmod(locked, 0o700)
 
 
 def test_discover_from_layout(tmp_path):
