@@ -859,6 +859,29 @@ def discover_locations(layout, *, root: str = "") -> list:
     return candidates
 
 
+def token_files_on_node(layout, *, root: str = "") -> list:
+    """Read-only preflight: the layout's locations that exist and hold a token (or a reference to one).
+
+    Each entry: ``path``, ``kind``, ``keys`` (as written) and ``problem`` (why the file cannot be rewritten,
+    or None). Never a value.
+    """
+    found, seen = [], set()
+    for kind, path in discover_locations(layout, root=root):
+        real = os.path.realpath(path)
+        if real in seen or not os.path.isfile(real):
+            continue
+        seen.add(real)
+        try:
+            text = _decode(read_bytes(real, what="%s file" % kind.replace("_", " ")))
+            occurrences = scan(kind, text, path=path, token_env_vars=layout.token_env_vars)
+            problem = None
+        except InvalidInputError as exc:
+            occurrences, problem = [], exc.message
+        if occurrences or problem:
+            found.append({"path": path, "kind": kind, "keys": [o.key for o in occurrences], "problem": problem})
+    return found
+
+
 def plan_join_tokens(*, new_hash: str, config_files=(), env_files=(), unit_files=(), token_files=(),
                      discovered=(), pin_bare: bool = False, token_env_vars=()) -> TokenPlan:
     """Plan the rewrite of every listed location (explicit lists first, then ``discovered`` (kind, path)

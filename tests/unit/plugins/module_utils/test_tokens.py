@@ -487,6 +487,16 @@ def test_discover_from_layout(tmp_path):
     assert found == ["etc/rancher/k3s/config.yaml.d/10-token.yaml", "etc/systemd/system/k3s.service.env",
                      "var/lib/rancher/k3s/server/token"]
     assert all(loc.status == "changed" for f in plan.files for loc in f.locations)
+    preflight = tokens.token_files_on_node(layout, root=str(root))
+    assert [(os.path.relpath(e["path"], str(root)), e["keys"], e["problem"]) for e in preflight] == [
+        ("etc/rancher/k3s/config.yaml.d/10-token.yaml", ["token"], None),
+        ("etc/systemd/system/k3s.service.env", ["K3S_TOKEN"], None),
+        ("var/lib/rancher/k3s/server/token", ["file"], None)]
+    assert_no_secret(preflight)
+    (root / "etc/systemd/system/k3s.service.env").write_text("K3S_TOKEN=\"%s\n" % secure())
+    problem = tokens.token_files_on_node(layout, root=str(root))[1]["problem"]
+    assert "k3s.service.env line 1" in problem
+    assert_no_secret(problem)
 
 
 def test_scanners_report_offsets():
