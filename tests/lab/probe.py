@@ -1,0 +1,914 @@
+# Copyright (c) kubepki.certs contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Traffic probe for the kubepki.certs lab: live TLS traffic during a playbook run (CA rotation).
+
+Three kinds of traffic, each in its own thread per target, until ``--duration`` has passed,
+``--max-requests`` requests were made, ``<out>/stop`` appears or SIGTERM/SIGINT arrives:
+
+``old``
+    A client that holds only the pre-rotation CA (``--old-ca``, read once at start) and the client
+    certificate as it was at start. GET ``--path`` (``/readyz`` with a client certificate, else
+    ``/cacerts``). A cross-signed rotation must keep it working.
+``current``
+    A client that trusts ``--current-ca-file`` and presents ``--client-cert``/``--client-key``, all
+    re-read at most once per second: copy the rotated bundle there and it follows.
+``etcd``
+    A put + get of a probe key per ``--etcd-endpoints`` entry, through etcd's v3 JSON gateway
+    (``/v3/kv/put``, ``/v3/kv/range``) over TLS with a client certificate, or with ``etcdctl``
+    (``--etcd-mode etcdctl``, bounded ``--command-timeout``). CA, cert and key files are re-read each second.
+
+Every request opens a new TCP + TLS connection and has a short timeout (``--timeout``, 2 s).
+Traffic goes only to loopback and ``--allow-net`` networks (the lab's 10.123.0.0/16 by default); names
+are resolved through /etc/hosts only (no DNS). Output in ``--out`` DIR:
+
+- ``probe.jsonl``: every second one line per kind and target
+  ``{"t", "elapsed", "kind", "target", "ok", "fail", "last_error"}``;
+- ``summary.json`` at exit: totals per kind and target, failures with first/last times and errors,
+  stop reason and duration; a one-line summary is printed.
+
+Usage::
+
+    python3 tests/lab/probe.py run --targets 10.123.0.11:6443,10.123.0.12:6443 --old-ca old-server-ca.crt \\
+        --current-ca-file /tmp/lab/probe-ca.crt --client-cert client-admin.crt --client-key client-admin.key \\
+        --etcd-endpoints https://10.123.0.11:2379 --etcd-cacert etcd/server-ca.crt --etcd-cert etcd/client.crt \\
+        --etcd-key etcd/client.key --interval 0.2 --duration 300 --out /tmp/lab/probe
+    python3 tests/lab/probe.py start ...same options...   # background; <out>/probe.pid, <out>/probe.log
+    python3 tests/lab/probe.py stop --out /tmp/lab/probe --fail-on old,current,etcd
+    python3 tests/lab/probe.py summary --out /tmp/lab/probe
+
+``--lab-state BASE/state.json`` adds every server of a lab (``--lab-port``, 6443; rke2 9345) and, with
+``--lab-etcd-port 2379``, its etcd endpoint, and allows the lab's subnet. Exit codes: 0, 1 (``--fail-on``
+kinds failed), 2 (bad arguments or files, nothing probed), 3 (``stop``/``summary``: no summary).
+
+``--netns NAME`` re-executes the probe under ``ip netns exec NAME`` (same PID). It is not needed
+for the lab: the root namespace owns the bridge address (10.123.0.1) and reaches every host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import ipaddress
+import json
+import os
+import secrets
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+
+KINDS = ("old", "current", "etcd")
+DEFAULT_ALLOW = "127.0.0.0/8,::1/128,10.123.0.0/16"
+STOP_FILE = "stop"
+PID_FILE = "probe.pid"
+LOG_FILE = "probe.log"
+JSONL_FILE = "probe.jsonl"
+SUMMARY_FILE = "summary.json"
+MAX_BODY = 1 << 20
+RELOAD_EVERY = 1.0
+MAX_CA_CHANGES = 200
+NETNS_ENV = "KUBEPKI_PROBE_NETNS"
+MARKER = "kubepki-probe"
+PARTIAL_CHAIN = getattr(ssl, "VERIFY_X509_PARTIAL_CHAIN", 0x80000)
+
+
+class ProbeError(Exception):
+    """Bad arguments or unusable input files (exit code 2)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def now_iso(when=None):
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if when is None else when))
+
+
+def read_bytes(path):
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def write_json(path, data):
+    tmp = "%s.tmp.%d" % (path, os.getpid())
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=1, sort_keys=True)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+def error_text(exc):
+    text = str(exc) or exc.__class__.__name__
+    return ("%s: %s" % (exc.__class__.__name__, text))[:500]
+
+
+def split_list(text):
+    return [item.strip() for item in (text or "").split(",") if item.strip()]
+
+
+def hosts_file_lookup(name, path="/etc/hosts"):
+    """Addresses of ``name`` in the hosts file (no DNS: the probe must not send traffic off the lab)."""
+    found = []
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                fields = line.split("#", 1)[0].split()
+                if len(fields) >= 2 and name in fields[1:]:
+                    found.append(fields[0])
+    except OSError:
+        pass
+    return found
+
+
+def parse_hostport(text, default_port=None):
+    """``host:port``, ``[v6]:port`` or ``https://host:port`` -> (host, port)."""
+    rest = text.strip()
+    if "://" in rest:
+        scheme, rest = rest.split("://", 1)
+        if scheme != "https":
+            raise ProbeError("only https:// URLs are probed: %r" % text)
+        rest = rest.split("/", 1)[0]
+    if rest.startswith("["):
+        host, sep, port = rest[1:].partition("]")
+        port = port[1:] if port.startswith(":") else ""
+        if not sep:
+            raise ProbeError("bad address %r" % text)
+    elif rest.count(":") == 1:
+        host, port = rest.split(":")
+    else:
+        host, port = rest, ""
+    if not port:
+        if default_port is None:
+            raise ProbeError("%r needs a port (host:port)" % text)
+        port = default_port
+    try:
+        port = int(port)
+    except ValueError as exc:
+        raise ProbeError("bad port in %r" % text) from exc
+    if not host or not 0 < port < 65536:
+        raise ProbeError("bad address %r" % text)
+    return host, port
+
+
+def lab_endpoints(path, port, etcd_port):
+    """Targets and etcd URLs of the servers of a lab (tests/lab/kubepki_lab.py state.json), and its subnet."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            state = json.load(handle)
+        servers = [host["address"] for host in state["hosts"] if host.get("group") == "servers"]
+        subnet = ipaddress.ip_network(state["subnet"], strict=False) if state.get("subnet") else None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ProbeError("cannot read the lab state %s: %s" % (path, error_text(exc))) from exc
+    if not servers:
+        raise ProbeError("the lab state %s lists no servers" % path)
+    targets = ["%s:%d" % (address, port) for address in servers] if port else []
+    etcd = ["https://%s:%d" % (address, etcd_port) for address in servers] if etcd_port else []
+    return targets, etcd, subnet
+
+
+class Endpoint:
+    """A checked destination: the address connected to and the name TLS verifies."""
+
+    def __init__(self, label, host, port, allow):
+        self.label = label
+        self.host = host
+        self.port = port
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            candidates = hosts_file_lookup(host)
+            if not candidates:
+                raise ProbeError("%s: %r is neither an IP address nor a name in /etc/hosts (the probe does no DNS)" % (label, host)) from None
+            address = ipaddress.ip_address(candidates[0])
+        if not any(address in net for net in allow):
+            raise ProbeError("%s: %s is outside the allowed networks %s (see --allow-net)" % (label, address, ",".join(str(net) for net in allow)))
+        self.address = str(address)
+
+
+# ---------------------------------------------------------------------------------------------
+# TLS + HTTP/1.1 over one fresh connection per request
+
+
+def client_context(cadata, cert=None, key=None, check_hostname=True, partial_chain=True):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = check_hostname
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    if partial_chain:
+        # Go clients (kubectl, k3s agents, the apiserver's etcd client) accept any certificate of their
+        # CA pool as trust anchor; OpenSSL needs this flag to do the same.
+        ctx.verify_flags |= PARTIAL_CHAIN
+    ctx.load_verify_locations(cadata=cadata.decode("ascii", errors="replace") if isinstance(cadata, bytes) else cadata)
+    if cert:
+        ctx.load_cert_chain(cert, key or None)
+    return ctx
+
+
+def _decode_chunked(data):
+    out = b""
+    while data:
+        line, sep, rest = data.partition(b"\r\n")
+        if not sep:
+            raise ValueError("truncated chunked body")
+        size = int(line.split(b";", 1)[0].strip() or b"0", 16)
+        if size == 0:
+            return out
+        out += rest[:size]
+        data = rest[size + 2:]
+    raise ValueError("truncated chunked body")
+
+
+def https_request(ctx, endpoint, server_name, method, path, timeout, body=None, user_agent=MARKER):
+    """One request on a new connection; returns (status, body). Raises OSError/ssl.SSLError/ValueError."""
+    deadline = time.monotonic() + timeout
+    headers = ["%s %s HTTP/1.1" % (method, path), "Host: %s:%d" % (server_name, endpoint.port), "User-Agent: %s" % user_agent,
+               "Accept: */*", "Connection: close"]
+    if body is not None:
+        headers += ["Content-Type: application/json", "Content-Length: %d" % len(body)]
+    request = ("\r\n".join(headers) + "\r\n\r\n").encode("ascii") + (body or b"")
+    with socket.create_connection((endpoint.address, endpoint.port), timeout=timeout) as raw:
+        with ctx.wrap_socket(raw, server_hostname=server_name) as tls:
+            tls.sendall(request)
+            data = b""
+            head_len = None
+            want = None
+            while len(data) < MAX_BODY:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError("no complete response within %.1fs" % timeout)
+                tls.settimeout(remaining)
+                chunk = tls.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+                if head_len is None and b"\r\n\r\n" in data:
+                    head_len = data.index(b"\r\n\r\n") + 4
+                    for line in data[:head_len].decode("latin-1").split("\r\n")[1:]:
+                        name, sep, value = line.partition(":")
+                        if sep and name.strip().lower() == "content-length":
+                            want = int(value.strip())
+                if want is not None and len(data) >= head_len + want:
+                    break
+    if head_len is None:
+        raise ValueError("no HTTP response (%d bytes)" % len(data))
+    head = data[:head_len].decode("latin-1")
+    status_line = head.split("\r\n", 1)[0].split(" ", 2)
+    if len(status_line) < 2 or not status_line[0].startswith("HTTP/"):
+        raise ValueError("bad status line %r" % head[:80])
+    payload = data[head_len:]
+    if want is not None:
+        payload = payload[:want]
+    elif "transfer-encoding: chunked" in head.lower():
+        payload = _decode_chunked(payload)
+    return int(status_line[1]), payload
+
+
+class ReloadingContext:
+    """An SSLContext built from files, rebuilt when their bytes change (checked at most once a second)."""
+
+    def __init__(self, ca_file, cert=None, key=None, check_hostname=True, partial_chain=True, on_change=None):
+        self.ca_file = ca_file
+        self.cert = cert
+        self.key = key
+        self.check_hostname = check_hostname
+        self.partial_chain = partial_chain
+        self.on_change = on_change
+        self.lock = threading.Lock()
+        self.ctx = None
+        self.digest = None
+        self.checked = 0.0
+        self.reloads = 0
+        self.reload_errors = 0
+        self.last_reload_error = None
+
+    def _digest(self):
+        sha = hashlib.sha256()
+        for path in (self.ca_file, self.cert, self.key):
+            if path:
+                sha.update(read_bytes(path))
+                sha.update(b"\0")
+        return sha.hexdigest()
+
+    def get(self):
+        with self.lock:
+            now = time.monotonic()
+            if self.ctx is not None and now - self.checked < RELOAD_EVERY:
+                return self.ctx
+            self.checked = now
+            try:
+                digest = self._digest()
+                if digest != self.digest:
+                    ctx = client_context(read_bytes(self.ca_file), self.cert, self.key, self.check_hostname, self.partial_chain)
+                    changed = self.digest is not None
+                    self.ctx, self.digest = ctx, digest
+                    self.reloads += 1
+                    if self.on_change:
+                        self.on_change(self.ca_file, digest, changed)
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                # A file caught half-written keeps the previous context; without one the request fails.
+                self.reload_errors += 1
+                self.last_reload_error = error_text(exc)
+                if self.ctx is None:
+                    raise
+            return self.ctx
+
+
+# ---------------------------------------------------------------------------------------------
+# bookkeeping
+
+
+class Stats:
+    def __init__(self, start_wall, start_mono):
+        self.lock = threading.Lock()
+        self.start_wall = start_wall
+        self.start_mono = start_mono
+        self.totals = {}
+        self.window = {}
+        self.order = []
+
+    def add_key(self, kind, target):
+        key = (kind, target)
+        self.order.append(key)
+        self.totals[key] = {"ok": 0, "fail": 0, "first_failure": None, "last_failure": None, "last_ok": None, "last_error": None}
+        self.window[key] = {"ok": 0, "fail": 0, "last_error": None}
+
+    def stamp(self):
+        elapsed = time.monotonic() - self.start_mono
+        return {"t": round(self.start_wall + elapsed, 3), "elapsed": round(elapsed, 3)}
+
+    def record(self, kind, target, error=None):
+        key = (kind, target)
+        stamp = self.stamp()
+        with self.lock:
+            total, window = self.totals[key], self.window[key]
+            if error is None:
+                total["ok"] += 1
+                window["ok"] += 1
+                total["last_ok"] = stamp
+            else:
+                total["fail"] += 1
+                window["fail"] += 1
+                window["last_error"] = error
+                total["last_error"] = error
+                failure = dict(stamp, error=error)
+                if total["first_failure"] is None:
+                    total["first_failure"] = failure
+                total["last_failure"] = failure
+
+    def flush(self, handle, elapsed):
+        with self.lock:
+            lines = []
+            for key in self.order:
+                window = self.window[key]
+                lines.append({"t": round(self.start_wall + elapsed, 3), "elapsed": round(elapsed, 3), "kind": key[0], "target": key[1],
+                              "ok": window["ok"], "fail": window["fail"], "last_error": window["last_error"]})
+                self.window[key] = {"ok": 0, "fail": 0, "last_error": None}
+        for line in lines:
+            handle.write(json.dumps(line, sort_keys=True) + "\n")
+        handle.flush()
+
+
+class Budget:
+    """Shared request counter and stop flag (the first stop reason wins)."""
+
+    def __init__(self, max_requests):
+        self.max_requests = max_requests
+        self.lock = threading.Lock()
+        self.used = 0
+        self.stop = threading.Event()
+        self.reason = None
+
+    def halt(self, reason):
+        with self.lock:
+            if self.reason is None:
+                self.reason = reason
+        self.stop.set()
+
+    def take(self):
+        with self.lock:
+            if self.stop.is_set():
+                return False
+            if self.used >= self.max_requests:
+                if self.reason is None:
+                    self.reason = "max-requests"
+                self.stop.set()
+                return False
+            self.used += 1
+            if self.used >= self.max_requests:
+                if self.reason is None:
+                    self.reason = "max-requests"
+                # this last request still runs; workers see the flag before their next one
+                self.stop.set()
+            return True
+
+
+# ---------------------------------------------------------------------------------------------
+# the three kinds of traffic
+
+
+class Probe:
+    def __init__(self, args):
+        self.args = args
+        self.allow = [ipaddress.ip_network(net, strict=False) for net in split_list(args.allow_net)]
+        self.timeout = args.timeout
+        self.check_hostname = not args.no_check_hostname
+        self.partial_chain = not args.no_partial_chain
+        targets, etcd = split_list(args.targets), split_list(args.etcd_endpoints)
+        if args.lab_state:
+            lab_targets, lab_etcd, subnet = lab_endpoints(args.lab_state, args.lab_port, args.lab_etcd_port)
+            targets += [item for item in lab_targets if item not in targets]
+            etcd += [item for item in lab_etcd if item not in etcd]
+            if subnet:
+                self.allow.append(subnet)
+        self.targets = [Endpoint("target %s" % text, *parse_hostport(text), allow=self.allow) for text in targets]
+        self.etcd = [Endpoint("etcd endpoint %s" % text, *parse_hostport(text, default_port=2379), allow=self.allow) for text in etcd]
+        if not self.targets and not self.etcd:
+            raise ProbeError("nothing to probe: give --targets and/or --etcd-endpoints")
+        if self.targets and not (args.old_ca and args.current_ca_file):
+            raise ProbeError("--targets needs --old-ca and --current-ca-file")
+        if bool(args.client_cert) != bool(args.client_key):
+            raise ProbeError("--client-cert and --client-key go together")
+        if self.etcd and not (args.etcd_cacert and args.etcd_cert and args.etcd_key):
+            raise ProbeError("--etcd-endpoints needs --etcd-cacert, --etcd-cert and --etcd-key")
+        self.path = args.path or ("/readyz" if args.client_cert else "/cacerts")
+        self.ca_changes = []
+        self.ca_lock = threading.Lock()
+        self.old_ctx = None
+        self.old_ca_sha256 = None
+        self.current = None
+        self.etcd_ctx = None
+        if self.targets:
+            try:
+                old_ca = read_bytes(args.old_ca)
+                # Loaded once: this client never learns about the rotation.
+                self.old_ctx = client_context(old_ca, args.client_cert, args.client_key, self.check_hostname, self.partial_chain)
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                raise ProbeError("cannot load --old-ca/--client-cert: %s" % error_text(exc)) from exc
+            self.old_ca_sha256 = hashlib.sha256(old_ca).hexdigest()
+            self.current = ReloadingContext(args.current_ca_file, args.client_cert, args.client_key, self.check_hostname, self.partial_chain,
+                                            on_change=self._ca_changed)
+            try:
+                self.current.get()
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                raise ProbeError("cannot load --current-ca-file: %s" % error_text(exc)) from exc
+        if self.etcd:
+            self.etcd_ctx = ReloadingContext(args.etcd_cacert, args.etcd_cert, args.etcd_key, self.check_hostname, self.partial_chain)
+            try:
+                self.etcd_ctx.get()
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                raise ProbeError("cannot load the etcd CA/cert/key: %s" % error_text(exc)) from exc
+        self.probe_id = "%s-%d-%s" % (socket.gethostname(), os.getpid(), secrets.token_hex(3))
+        self.stats = None
+        self.budget = Budget(args.max_requests)
+
+    def _ca_changed(self, path, digest, changed):
+        with self.ca_lock:
+            if len(self.ca_changes) < MAX_CA_CHANGES:
+                entry = {"t": round(time.time(), 3), "file": path, "files_sha256": digest, "initial": not changed}
+                self.ca_changes.append(entry)
+
+    def server_name(self, endpoint):
+        return self.args.server_name or endpoint.host
+
+    def http_check(self, ctx, endpoint, kind):
+        status, body = https_request(ctx, endpoint, self.server_name(endpoint), "GET", self.path, self.timeout, user_agent="%s/%s" % (MARKER, kind))
+        if status != 200:
+            return "HTTP %d: %s" % (status, body[:200].decode("utf-8", errors="replace").strip())
+        return None
+
+    def old_once(self, endpoint):
+        return self.http_check(self.old_ctx, endpoint, "old")
+
+    def current_once(self, endpoint):
+        return self.http_check(self.current.get(), endpoint, "current")
+
+    def etcd_key(self, index):
+        return "%s%s/%d" % (self.args.etcd_prefix, self.probe_id, index)
+
+    def _gateway(self, endpoint, call, payload):
+        body = json.dumps(payload).encode()
+        status, data = https_request(self.etcd_ctx.get(), endpoint, self.server_name(endpoint), "POST", "/v3/kv/" + call, self.timeout, body=body,
+                                     user_agent="%s/etcd" % MARKER)
+        if status != 200:
+            raise ValueError("etcd %s: HTTP %d: %s" % (call, status, data[:200].decode("utf-8", errors="replace").strip()))
+        return json.loads(data.decode("utf-8") or "{}")
+
+    def _etcdctl(self, endpoint, *args):
+        ctx_files = ["--cacert=%s" % self.args.etcd_cacert, "--cert=%s" % self.args.etcd_cert, "--key=%s" % self.args.etcd_key]
+        url = "https://%s:%d" % (endpoint.host if ":" not in endpoint.host else "[%s]" % endpoint.host, endpoint.port)
+        seconds = max(1, int(round(self.timeout)))
+        cmd = [self.args.etcdctl, "--endpoints=%s" % url, "--dial-timeout=%ds" % seconds, "--command-timeout=%ds" % seconds] + ctx_files + list(args)
+        result = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=self.timeout + 3, env=dict(os.environ, ETCDCTL_API="3"))
+        if result.returncode != 0:
+            # etcdctl prints retry warnings (JSON lines) first; its last line is the "Error: ..." summary
+            lines = [line for line in (result.stderr or result.stdout).splitlines() if line.strip()]
+            raise ValueError("etcdctl %s: %s" % (args[0], lines[-1][:300] if lines else "exit code %d" % result.returncode))
+        return result.stdout
+
+    def etcd_once(self, endpoint, index, seq):
+        key = self.etcd_key(index)
+        value = "%d %s" % (seq, now_iso())
+        if self.args.etcd_mode == "etcdctl":
+            self._etcdctl(endpoint, "put", key, value)
+            got = self._etcdctl(endpoint, "get", key, "--print-value-only").rstrip("\n")
+        else:
+            b64key = base64.b64encode(key.encode()).decode()
+            self._gateway(endpoint, "put", {"key": b64key, "value": base64.b64encode(value.encode()).decode()})
+            kvs = self._gateway(endpoint, "range", {"key": b64key}).get("kvs") or []
+            got = base64.b64decode(kvs[0].get("value", "")).decode("utf-8", errors="replace") if kvs else None
+        if got != value:
+            return "etcd get returned %r, expected %r" % (got, value)
+        return None
+
+    def etcd_cleanup(self):
+        """Delete the probe keys: one bounded attempt per endpoint that answered at least once."""
+        for index, endpoint in enumerate(self.etcd):
+            if not self.stats.totals[("etcd", endpoint.label)]["ok"]:
+                continue
+            try:
+                if self.args.etcd_mode == "etcdctl":
+                    self._etcdctl(endpoint, "del", self.etcd_key(index))
+                else:
+                    self._gateway(endpoint, "deleterange", {"key": base64.b64encode(self.etcd_key(index).encode()).decode()})
+            except (OSError, ssl.SSLError, ValueError, subprocess.SubprocessError):
+                pass
+
+    def worker(self, kind, endpoint, index):
+        seq = 0
+        while not self.budget.stop.is_set():
+            if not self.budget.take():
+                break
+            seq += 1
+            try:
+                if kind == "old":
+                    err = self.old_once(endpoint)
+                elif kind == "current":
+                    err = self.current_once(endpoint)
+                else:
+                    err = self.etcd_once(endpoint, index, seq)
+            except (OSError, ssl.SSLError, ValueError, subprocess.SubprocessError) as exc:
+                err = error_text(exc)
+            except Exception as exc:  # pylint: disable=broad-exception-caught
+                err = "unexpected " + error_text(exc)
+            self.stats.record(kind, endpoint.label, err)
+            self.budget.stop.wait(self.args.interval)
+
+    def run(self, out):
+        start_wall, start_mono = time.time(), time.monotonic()
+        self.stats = Stats(start_wall, start_mono)
+        jobs = []
+        for endpoint in self.targets:
+            endpoint.label = "%s:%d" % (endpoint.host, endpoint.port)
+            for kind in ("old", "current"):
+                jobs.append((kind, endpoint, 0))
+        for index, endpoint in enumerate(self.etcd):
+            endpoint.label = "https://%s:%d" % (endpoint.host, endpoint.port)
+            jobs.append(("etcd", endpoint, index))
+        for kind, endpoint, index in jobs:
+            self.stats.add_key(kind, endpoint.label)
+        stop_file = os.path.join(out, STOP_FILE)
+        threads = [threading.Thread(target=self.worker, args=job, name="probe-%s-%s" % (job[0], job[1].label), daemon=True) for job in jobs]
+        with open(os.path.join(out, JSONL_FILE), "w", encoding="utf-8") as jsonl:
+            for thread in threads:
+                thread.start()
+            next_flush = 1.0
+            while True:
+                elapsed = time.monotonic() - start_mono
+                if elapsed >= next_flush:
+                    self.stats.flush(jsonl, next_flush)
+                    next_flush += 1.0
+                if self.budget.stop.is_set():
+                    break
+                if elapsed >= self.args.duration:
+                    self.budget.halt("duration")
+                    break
+                if os.path.exists(stop_file):
+                    self.budget.halt("stop-file")
+                    break
+                self.budget.stop.wait(min(0.1, max(0.0, next_flush - elapsed), max(0.0, self.args.duration - elapsed)) or 0.01)
+            # each worker finishes at most one request (etcd: two calls, etcdctl: two processes)
+            join_deadline = time.monotonic() + 2 * self.timeout + 8
+            for thread in threads:
+                thread.join(max(0.0, join_deadline - time.monotonic()))
+            stuck = [thread.name for thread in threads if thread.is_alive()]
+            self.stats.flush(jsonl, round(time.monotonic() - start_mono, 3))
+        if self.etcd:
+            self.etcd_cleanup()
+        return self.summary(start_wall, time.monotonic() - start_mono, stuck)
+
+    def summary(self, start_wall, duration, stuck):
+        kinds = {}
+        first = last = None
+        total_ok = total_fail = 0
+        with self.stats.lock:
+            for (kind, target) in self.stats.order:
+                row = dict(self.stats.totals[(kind, target)])
+                entry = kinds.setdefault(kind, {"ok": 0, "fail": 0, "requests": 0, "targets": {}})
+                entry["ok"] += row["ok"]
+                entry["fail"] += row["fail"]
+                entry["requests"] += row["ok"] + row["fail"]
+                row["requests"] = row["ok"] + row["fail"]
+                entry["targets"][target] = row
+                total_ok += row["ok"]
+                total_fail += row["fail"]
+                for failure, pick in ((row["first_failure"], "first"), (row["last_failure"], "last")):
+                    if failure is None:
+                        continue
+                    tagged = dict(failure, kind=kind, target=target)
+                    if pick == "first" and (first is None or failure["t"] < first["t"]):
+                        first = tagged
+                    if pick == "last" and (last is None or failure["t"] > last["t"]):
+                        last = tagged
+        summary = {
+            "probe_id": self.probe_id,
+            "started": now_iso(start_wall),
+            "start_t": round(start_wall, 3),
+            "ended": now_iso(),
+            "duration": round(duration, 3),
+            "stop_reason": self.budget.reason or "unknown",
+            "requests": total_ok + total_fail,
+            "ok": total_ok,
+            "failures": total_fail,
+            "first_failure": first,
+            "last_failure": last,
+            "kinds": kinds,
+            "path": self.path,
+            "old_ca_sha256": self.old_ca_sha256,
+            "current_ca_file": self.args.current_ca_file,
+            "current_ca_changes": self.ca_changes,
+            "current_reload_errors": self.current.reload_errors if self.current else 0,
+            "current_last_reload_error": self.current.last_reload_error if self.current else None,
+            "etcd_mode": self.args.etcd_mode if self.etcd else None,
+            "stuck_threads": stuck,
+            "settings": {"interval": self.args.interval, "duration": self.args.duration, "max_requests": self.args.max_requests,
+                         "timeout": self.timeout, "targets": [e.label for e in self.targets], "etcd_endpoints": [e.label for e in self.etcd],
+                         "netns": self.args.netns},
+        }
+        return summary
+
+
+def summary_line(summary):
+    parts = []
+    for kind in KINDS:
+        entry = summary["kinds"].get(kind)
+        if entry:
+            parts.append("%s %d ok/%d fail" % (kind, entry["ok"], entry["fail"]))
+    line = "probe: %s in %.1fs (stop: %s), %d requests, %d failures" % (
+        ", ".join(parts), summary["duration"], summary["stop_reason"], summary["requests"], summary["failures"])
+    if summary.get("first_failure"):
+        failure = summary["first_failure"]
+        line += "; first failure at +%.1fs %s %s: %s" % (failure["elapsed"], failure["kind"], failure["target"], failure["error"])
+    return line
+
+
+def failing_kinds(summary, kinds):
+    return [kind for kind in kinds if summary["kinds"].get(kind, {}).get("fail", 0) > 0]
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+def add_run_options(parser):
+    parser.add_argument("--out", required=True, help="output directory (probe.jsonl, summary.json; 'stop' file ends the run)")
+    parser.add_argument("--targets", default="", help="comma list of host:port served with TLS (k3s 6443, rke2 9345)")
+    parser.add_argument("--old-ca", help="pre-rotation CA file, read once at start (the old client trusts only this)")
+    parser.add_argument("--current-ca-file", help="CA bundle file of the current client, re-read every second")
+    parser.add_argument("--client-cert", help="client certificate (e.g. server/tls/client-admin.crt); old client: as at start")
+    parser.add_argument("--client-key", help="its key")
+    parser.add_argument("--lab-state", help="lab state.json (tests/lab/kubepki_lab.py): add every server as a target (and etcd endpoint)")
+    parser.add_argument("--lab-port", type=int, default=6443, help="port of the lab targets (k3s 6443, rke2 9345; 0: none)")
+    parser.add_argument("--lab-etcd-port", type=int, default=0, help="with --lab-state: add https://<server>:PORT etcd endpoints (2379; 0: none)")
+    parser.add_argument("--path", help="HTTP path (default /readyz with a client certificate, else /cacerts)")
+    parser.add_argument("--server-name", help="name to verify and send as SNI instead of the target host")
+    parser.add_argument("--no-check-hostname", action="store_true", help="verify the chain only, not the name")
+    parser.add_argument("--no-partial-chain", action="store_true",
+                        help="require a self-signed trust anchor (default: any CA in the trust file anchors, as in Go clients)")
+    parser.add_argument("--etcd-endpoints", default="", help="comma list of https://ip:2379 etcd client URLs")
+    parser.add_argument("--etcd-cacert", help="etcd server CA file (re-read every second)")
+    parser.add_argument("--etcd-cert", help="etcd client certificate (re-read every second)")
+    parser.add_argument("--etcd-key", help="etcd client key")
+    parser.add_argument("--etcd-mode", choices=("gateway", "etcdctl"), default="gateway", help="v3 JSON gateway (default) or etcdctl")
+    parser.add_argument("--etcdctl", default="etcdctl", help="etcdctl binary for --etcd-mode etcdctl")
+    parser.add_argument("--etcd-prefix", default="/kubepki-probe/", help="key prefix (the probe's keys are deleted at exit)")
+    parser.add_argument("--interval", type=float, default=0.2, help="pause between two requests of one kind to one target (s)")
+    parser.add_argument("--duration", type=float, default=300.0, help="stop after this many seconds")
+    parser.add_argument("--max-requests", type=int, default=100000, help="stop after this many requests (all kinds together)")
+    parser.add_argument("--timeout", type=float, default=2.0, help="per-request timeout (s)")
+    parser.add_argument("--allow-net", default=DEFAULT_ALLOW, help="comma list of networks the probe may talk to (default %(default)s)")
+    parser.add_argument("--netns", help="run inside this network namespace (re-exec under 'ip netns exec')")
+    parser.add_argument("--fail-on", default="", help="comma list of kinds (old,current,etcd): exit 1 if any of them failed")
+
+
+def check_run_args(args):
+    if not 0 < args.duration <= 86400:
+        raise ProbeError("--duration must be in (0, 86400]")
+    if not 0 < args.max_requests <= 10000000:
+        raise ProbeError("--max-requests must be in [1, 10000000]")
+    if not 0.0 <= args.interval <= 3600 or not 0 < args.timeout <= 60:
+        raise ProbeError("--interval must be in [0, 3600] and --timeout in (0, 60]")
+    bad = [kind for kind in split_list(args.fail_on) if kind not in KINDS]
+    if bad:
+        raise ProbeError("--fail-on takes %s, not %s" % (",".join(KINDS), ",".join(bad)))
+
+
+def current_netns():
+    """Name of the network namespace this process is in (by inode under /run/netns), or None."""
+    try:
+        mine = os.stat("/proc/self/ns/net").st_ino
+        for name in os.listdir("/run/netns"):
+            if os.stat(os.path.join("/run/netns", name)).st_ino == mine:
+                return name
+    except OSError:
+        return None
+    return None
+
+
+def cmd_run(args, argv):
+    check_run_args(args)
+    if args.netns and os.environ.get(NETNS_ENV) != args.netns:
+        if current_netns() != args.netns:
+            os.environ[NETNS_ENV] = args.netns
+            sys.stdout.flush()
+            sys.stderr.flush()
+            # same PID after exec: a pid file written by 'start' stays right
+            os.execvp("ip", ["ip", "netns", "exec", args.netns, sys.executable, os.path.abspath(__file__), "run"] + argv)
+    out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
+    for name in (STOP_FILE, SUMMARY_FILE):
+        if os.path.exists(os.path.join(out, name)):
+            os.unlink(os.path.join(out, name))
+    probe = Probe(args)
+    pid_path = os.path.join(out, PID_FILE)
+    with open(pid_path, "w", encoding="ascii") as handle:
+        handle.write("%d\n" % os.getpid())
+
+    def on_signal(signum, frame):
+        del frame
+        probe.budget.halt("signal %d" % signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        summary = probe.run(out)
+        write_json(os.path.join(out, SUMMARY_FILE), summary)
+    finally:
+        try:
+            if read_bytes(pid_path).strip() == str(os.getpid()).encode():
+                os.unlink(pid_path)
+        except OSError:
+            pass
+    print(summary_line(summary), flush=True)
+    return 1 if failing_kinds(summary, split_list(args.fail_on)) else 0
+
+
+def pid_state(pid):
+    """'running', 'gone' (also for zombies) for a probe process, or 'other' when the PID is not a probe."""
+    try:
+        with open("/proc/%d/stat" % pid, encoding="ascii", errors="replace") as handle:
+            stat = handle.read()
+        with open("/proc/%d/cmdline" % pid, "rb") as handle:
+            cmdline = handle.read()
+    except OSError:
+        return "gone"
+    if stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X"):
+        return "gone"
+    if b"probe.py" not in cmdline:
+        return "other"
+    return "running"
+
+
+def read_pid(out):
+    try:
+        return int(read_bytes(os.path.join(out, PID_FILE)).strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
+def wait_gone(pid, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pid_state(pid) != "running":
+            return True
+        time.sleep(0.1)
+    return pid_state(pid) != "running"
+
+
+def cmd_start(args, argv):
+    check_run_args(args)
+    out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
+    pid = read_pid(out)
+    if pid and pid_state(pid) == "running":
+        raise ProbeError("a probe (pid %d) already runs in %s: 'stop' it first" % (pid, out))
+    for name in (STOP_FILE, SUMMARY_FILE, PID_FILE, JSONL_FILE):
+        if os.path.exists(os.path.join(out, name)):
+            os.unlink(os.path.join(out, name))
+    run_argv = [sys.executable, os.path.abspath(__file__), "run"] + argv
+    with open(os.path.join(out, LOG_FILE), "ab") as log:
+        proc = subprocess.Popen(run_argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,  # pylint: disable=consider-using-with
+                                start_new_session=True, close_fds=True)
+    deadline = time.monotonic() + args.start_timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            log_text = read_bytes(os.path.join(out, LOG_FILE)).decode(errors="replace")[-2000:]
+            raise ProbeError("probe exited with %s at start; %s:\n%s" % (proc.returncode, os.path.join(out, LOG_FILE), log_text))
+        if read_pid(out) == proc.pid and os.path.exists(os.path.join(out, JSONL_FILE)):
+            print("probe started: pid %d, out %s" % (proc.pid, out), flush=True)
+            return 0
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait(5)
+    raise ProbeError("probe did not start within %.0fs (killed); see %s" % (args.start_timeout, os.path.join(out, LOG_FILE)))
+
+
+def load_summary(out):
+    try:
+        with open(os.path.join(out, SUMMARY_FILE), encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def cmd_stop(args):
+    out = os.path.abspath(args.out)
+    pid = read_pid(out)
+    note = ""
+    if pid and pid_state(pid) == "running":
+        with open(os.path.join(out, STOP_FILE), "w", encoding="ascii") as handle:
+            handle.write("stop\n")
+        if not wait_gone(pid, args.timeout):
+            note = " (did not stop within %.0fs: SIGTERM)" % args.timeout
+            os.kill(pid, signal.SIGTERM)
+            if not wait_gone(pid, 5):
+                note = " (did not stop: SIGKILL, no summary)"
+                os.kill(pid, signal.SIGKILL)
+                wait_gone(pid, 5)
+    return report(out, args.fail_on, note)
+
+
+def report(out, fail_on, note=""):
+    summary = load_summary(out)
+    if summary is None:
+        print("probe: no summary in %s%s" % (out, note), flush=True)
+        return 3
+    print(summary_line(summary) + note, flush=True)
+    return 1 if failing_kinds(summary, split_list(fail_on)) else 0
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description="TLS/etcd traffic probe for the kubepki lab (old client, current client, etcd put/get)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_run_options(sub.add_parser("run", help="probe in the foreground until duration/max-requests/<out>/stop/SIGTERM"))
+    start = sub.add_parser("start", help="run in the background (pid in <out>/probe.pid, output in <out>/probe.log)")
+    add_run_options(start)
+    start.add_argument("--start-timeout", type=float, default=15.0, help="wait this long for the probe to come up")
+    stop = sub.add_parser("stop", help="create <out>/stop, wait, kill if needed; print the summary")
+    stop.add_argument("--out", required=True)
+    stop.add_argument("--timeout", type=float, default=30.0, help="wait this long before SIGTERM")
+    stop.add_argument("--fail-on", default="", help="comma list of kinds: exit 1 if any of them failed")
+    show = sub.add_parser("summary", help="print the one-line summary of a finished run")
+    show.add_argument("--out", required=True)
+    show.add_argument("--fail-on", default="", help="comma list of kinds: exit 1 if any of them failed")
+    return parser
+
+
+def strip_start_only(argv):
+    """argv after 'start', without the options 'run' does not take."""
+    result = []
+    skip = False
+    for item in argv:
+        if skip:
+            skip = False
+            continue
+        if item == "--start-timeout":
+            skip = True
+            continue
+        if item.startswith("--start-timeout="):
+            continue
+        result.append(item)
+    return result
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return cmd_run(args, argv[argv.index("run") + 1:])
+        if args.command == "start":
+            return cmd_start(args, strip_start_only(argv[argv.index("start") + 1:]))
+        if args.command == "stop":
+            return cmd_stop(args)
+        return report(os.path.abspath(args.out), args.fail_on)
+    except ProbeError as exc:
+        print("probe: error: %s" % exc, file=sys.stderr, flush=True)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,518 @@
+# Copyright (c) kubepki.certs contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The lab traffic probe (``tests/lab/probe.py``) against local HTTPS servers on 127.0.0.1.
+
+No lab needed: two ``http.server`` + ``ssl`` servers run in threads, with certificates made by the openssl
+CLI. Server A moves from a leaf under CA-old to a leaf under a new CA that CA-old cross-signed (the old
+client must not notice), then to an unrelated CA (failures must be counted with the TLS error); the
+current client must follow a rewritten ``--current-ca-file``. The etcd test starts a one-member etcd
+(Debian etcd-server) with client-certificate TLS when the binary exists.
+"""
+
+from __future__ import annotations
+
+import collections
+import http.server
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PROBE = os.path.join(HERE, "probe.py")
+CMD_TIMEOUT = 60
+
+OPENSSL_CNF = """
+[req]
+distinguished_name = dn
+[dn]
+[v3_ca]
+basicConstraints = critical,CA:TRUE
+keyUsage = critical,digitalSignature,keyCertSign,cRLSign
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid:always
+[server]
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature,keyEncipherment
+extendedKeyUsage = serverAuth
+subjectAltName = IP:127.0.0.1,DNS:localhost
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid:always
+[client]
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature,keyEncipherment
+extendedKeyUsage = clientAuth
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid:always
+[both]
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature,keyEncipherment
+extendedKeyUsage = serverAuth,clientAuth
+subjectAltName = IP:127.0.0.1,DNS:localhost
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid:always
+"""
+
+
+class Pki:
+    """Certificates made with the openssl CLI (EC P-256) in one directory."""
+
+    def __init__(self, directory):
+        self.dir = directory
+        self.cnf = os.path.join(directory, "openssl.cnf")
+        self.serial = 1000
+        with open(self.cnf, "w", encoding="ascii") as handle:
+            handle.write(OPENSSL_CNF)
+
+    def path(self, name, ext):
+        return os.path.join(self.dir, "%s.%s" % (name, ext))
+
+    def openssl(self, *args):
+        result = subprocess.run(["openssl"] + list(args), check=False, capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, "openssl %s: %s" % (" ".join(args), result.stderr)
+
+    def key(self, name):
+        self.openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", self.path(name, "key"))
+        return self.path(name, "key")
+
+    def root(self, name, cn):
+        key = self.key(name)
+        self.openssl("req", "-x509", "-new", "-key", key, "-subj", "/CN=%s" % cn, "-days", "30", "-sha256", "-config", self.cnf,
+                     "-extensions", "v3_ca", "-out", self.path(name, "crt"))
+        return self.path(name, "crt"), key
+
+    def issue(self, name, cn, issuer, ext, key=None):
+        """A certificate for ``key`` (new key if None) signed by ``issuer`` = (crt, key)."""
+        key = key or self.key(name)
+        csr = self.path(name, "csr")
+        self.openssl("req", "-new", "-key", key, "-subj", "/CN=%s" % cn, "-config", self.cnf, "-out", csr)
+        self.serial += 1
+        self.openssl("x509", "-req", "-in", csr, "-CA", issuer[0], "-CAkey", issuer[1], "-set_serial", str(self.serial), "-days", "30", "-sha256",
+                     "-extfile", self.cnf, "-extensions", ext, "-out", self.path(name, "crt"))
+        return self.path(name, "crt"), key
+
+    def bundle(self, name, *files):
+        path = self.path(name, "pem")
+        with open(path, "w", encoding="ascii") as out:
+            for item in files:
+                with open(item, encoding="ascii") as handle:
+                    out.write(handle.read())
+        return path
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    if not shutil.which("openssl"):
+        pytest.fail("the openssl CLI is needed (Debian package openssl)")
+    pki = Pki(str(tmp_path_factory.mktemp("probe-pki")))
+    old = pki.root("ca-old", "probe-ca-old")
+    new_root_key = pki.key("ca-new-root")
+    # new root: self-signed form and the form cross-signed by the old root (same subject and key)
+    pki.openssl("req", "-x509", "-new", "-key", new_root_key, "-subj", "/CN=probe-ca-new-root", "-days", "30", "-sha256", "-config", pki.cnf,
+                "-extensions", "v3_ca", "-out", pki.path("ca-new-root-ssigned", "crt"))
+    ssigned = (pki.path("ca-new-root-ssigned", "crt"), new_root_key)
+    xsigned = pki.issue("ca-new-root-xsigned", "probe-ca-new-root", old, "v3_ca", key=new_root_key)
+    intermediate = pki.issue("ca-new", "probe-ca-new", ssigned, "v3_ca")
+    other = pki.root("ca-other", "probe-ca-unrelated")
+    client_ca = pki.root("ca-client", "probe-client-ca")
+    certs = {
+        "old": old, "other": other, "client_ca": client_ca,
+        "leaf_old": pki.issue("leaf-old", "server-old", old, "server"),
+        "leaf_new": pki.issue("leaf-new", "server-new", intermediate, "server"),
+        "leaf_other": pki.issue("leaf-other", "server-other", other, "server"),
+        "client": pki.issue("client-admin", "system:admin", client_ca, "client"),
+    }
+    # what a rotated server sends: leaf + new intermediate + cross-signed new root
+    certs["chain_new"] = pki.bundle("chain-new", certs["leaf_new"][0], intermediate[0], xsigned[0])
+    certs["pki"] = pki
+    return certs
+
+
+def server_context(chain, key, client_ca):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(chain, key)
+    ctx.load_verify_locations(cafile=client_ca)
+    ctx.verify_mode = ssl.CERT_OPTIONAL
+    return ctx
+
+
+class TLSServer(http.server.ThreadingHTTPServer):
+    """k3s-like endpoints: /cacerts for anyone, /readyz only with a client certificate under the client CA."""
+
+    daemon_threads = True
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.phase = 1
+        self.counts = collections.Counter()
+        self.count_lock = threading.Lock()
+        super().__init__(("127.0.0.1", 0), Handler)
+
+    def get_request(self):
+        sock, addr = self.socket.accept()
+        sock.settimeout(5)
+        return self.ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
+
+    def handle_error(self, request, client_address):
+        del request, client_address
+
+    def served(self, phase, kind):
+        with self.count_lock:
+            return self.counts[(phase, kind)]
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def setup(self):
+        try:
+            self.request.do_handshake()
+        except (ssl.SSLError, OSError) as exc:
+            raise ConnectionAbortedError(str(exc)) from exc
+        super().setup()
+
+    def log_message(self, format, *args):  # pylint: disable=redefined-builtin
+        del format, args
+
+    def reply(self, code, body):
+        self.send_response(code)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):  # pylint: disable=invalid-name
+        if self.path == "/cacerts":
+            body = b"-----BEGIN CERTIFICATE-----\n...\n"
+        elif self.path == "/readyz":
+            if not self.request.getpeercert(binary_form=True):
+                return self.reply(401, b"Unauthorized\n")
+            body = b"ok"
+        else:
+            return self.reply(404, b"404 page not found\n")
+        kind = (self.headers.get("User-Agent") or "").rsplit("/", 1)[-1]
+        with self.server.count_lock:
+            self.server.counts[(self.server.phase, kind)] += 1
+        return self.reply(200, body)
+
+
+@pytest.fixture
+def servers(pki):
+    started = []
+
+    def start(leaf):
+        httpd = TLSServer(server_context(leaf[0], leaf[1], pki["client_ca"][0]))
+        thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+        thread.start()
+        started.append((httpd, thread))
+        return httpd
+
+    yield start
+    for httpd, thread in started:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(10)
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("timed out after %.0fs waiting for %s" % (timeout, what))
+
+
+def probe(*args, timeout=CMD_TIMEOUT):
+    return subprocess.run([sys.executable, PROBE] + [str(arg) for arg in args], check=False, capture_output=True, text=True, timeout=timeout)
+
+
+def read_jsonl(out):
+    with open(os.path.join(out, "probe.jsonl"), encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def read_summary(out):
+    with open(os.path.join(out, "summary.json"), encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def write_atomic(path, text):
+    with open(path + ".tmp", "w", encoding="ascii") as handle:
+        handle.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def read_text(path):
+    with open(path, encoding="ascii") as handle:
+        return handle.read()
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def client_args(pki):
+    return ["--client-cert", pki["client"][0], "--client-key", pki["client"][1]]
+
+
+def test_rotation_old_client_survives_cross_signed_and_current_follows_file(pki, servers, tmp_path):
+    server_a = servers(pki["leaf_old"])
+    server_b = servers(pki["leaf_old"])
+    target_a, target_b = "127.0.0.1:%d" % server_a.server_address[1], "127.0.0.1:%d" % server_b.server_address[1]
+    out = str(tmp_path / "probe")
+    current = str(tmp_path / "current-ca.crt")
+    shutil.copyfile(pki["old"][0], current)
+    result = probe("start", "--targets", "%s,%s" % (target_a, target_b), "--old-ca", pki["old"][0], "--current-ca-file", current,
+                   *client_args(pki), "--interval", "0.05", "--duration", "60", "--max-requests", "100000", "--out", out)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "probe started" in result.stdout
+    try:
+        # phase 1: A on a leaf under CA-old
+        wait_for(lambda: server_a.served(1, "old") >= 3 and server_a.served(1, "current") >= 3, 15, "phase 1 traffic")
+        # phase 2: A on a leaf under a new CA that CA-old cross-signed (chain: leaf + intermediate + cross-signed root)
+        server_a.ctx = server_context(pki["chain_new"], pki["leaf_new"][1], pki["client_ca"][0])
+        server_a.phase = 2
+        wait_for(lambda: server_a.served(2, "old") >= 5 and server_a.served(2, "current") >= 5, 15, "phase 2 traffic")
+        # phase 3: A on a leaf under an unrelated CA: both clients fail
+        t_unrelated = time.time()
+        server_a.ctx = server_context(pki["leaf_other"][0], pki["leaf_other"][1], pki["client_ca"][0])
+        server_a.phase = 3
+
+        def failing(kind):
+            return any(line["kind"] == kind and line["target"] == target_a and line["fail"] > 0 for line in read_jsonl(out))
+
+        wait_for(lambda: failing("old") and failing("current"), 15, "failures against the unrelated CA")
+        # phase 4: the current client gets a bundle that trusts the unrelated CA (and still CA-old for B)
+        t_rewrite = time.time()
+        write_atomic(current, read_text(pki["other"][0]) + read_text(pki["old"][0]))
+        server_a.phase = 4
+        wait_for(lambda: server_a.served(4, "current") >= 3, 15, "the current client to follow the rewritten CA file")
+        t_followed = time.time()
+        assert server_a.served(4, "old") == 0
+    finally:
+        stopped = probe("stop", "--out", out, "--timeout", "20")
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert stopped.stdout.startswith("probe: old ")
+    assert "stop: stop-file" in stopped.stdout
+    assert not os.path.exists(os.path.join(out, "probe.pid"))
+
+    summary = read_summary(out)
+    assert summary["stop_reason"] == "stop-file"
+    assert summary["path"] == "/readyz"
+    old, cur = summary["kinds"]["old"]["targets"], summary["kinds"]["current"]["targets"]
+    # B never changed: no failure at all
+    assert old[target_b]["fail"] == 0 and old[target_b]["ok"] > 0
+    assert cur[target_b]["fail"] == 0 and cur[target_b]["ok"] > 0
+    # A: nothing failed before the unrelated CA (the cross-signed phase is seamless for the old client)
+    for rows in (old, cur):
+        first = rows[target_a]["first_failure"]
+        assert first is not None and first["t"] >= t_unrelated - 0.02, first
+        assert "CERTIFICATE_VERIFY_FAILED" in first["error"], first
+    assert server_a.served(2, "old") >= 5
+    # the old client kept failing to the end; the current one stopped failing once it re-read the file
+    assert old[target_a]["last_failure"]["t"] >= t_rewrite - 0.02
+    assert server_a.served(4, "old") == 0
+    assert sum(server_a.served(phase, "old") for phase in (1, 2, 3, 4)) == old[target_a]["ok"]
+    assert cur[target_a]["last_failure"]["t"] <= t_followed + 0.02
+    assert cur[target_a]["last_ok"]["t"] > cur[target_a]["last_failure"]["t"]
+    assert [change["initial"] for change in summary["current_ca_changes"]] == [True, False]
+    # totals add up, and the per-second lines add up to them
+    total_ok = total_fail = 0
+    lines = read_jsonl(out)
+    for kind, entry in summary["kinds"].items():
+        assert entry["ok"] == sum(row["ok"] for row in entry["targets"].values())
+        assert entry["fail"] == sum(row["fail"] for row in entry["targets"].values())
+        assert entry["requests"] == entry["ok"] + entry["fail"]
+        for target, row in entry["targets"].items():
+            mine = [line for line in lines if line["kind"] == kind and line["target"] == target]
+            assert sum(line["ok"] for line in mine) == row["ok"]
+            assert sum(line["fail"] for line in mine) == row["fail"]
+        total_ok += entry["ok"]
+        total_fail += entry["fail"]
+    assert summary["failures"] == total_fail > 0
+    assert summary["requests"] == total_ok + total_fail
+    assert summary["first_failure"]["t"] >= t_unrelated - 0.02
+    assert set(lines[0]) == {"t", "elapsed", "kind", "target", "ok", "fail", "last_error"}
+    # exit codes for a playbook's assertion
+    assert probe("summary", "--out", out, "--fail-on", "old").returncode == 1
+    assert probe("summary", "--out", out).returncode == 0
+
+
+def test_stops_at_duration_and_counts_refused_connections(pki, servers, tmp_path):
+    server_b = servers(pki["leaf_old"])
+    target_b = "127.0.0.1:%d" % server_b.server_address[1]
+    closed = "127.0.0.1:%d" % free_port()
+    out = str(tmp_path / "probe")
+    started = time.monotonic()
+    result = probe("run", "--targets", "%s,%s" % (target_b, closed), "--old-ca", pki["old"][0], "--current-ca-file", pki["old"][0],
+                   *client_args(pki), "--interval", "0.05", "--duration", "1.5", "--out", out)
+    took = time.monotonic() - started
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "stop: duration" in result.stdout
+    summary = read_summary(out)
+    assert summary["stop_reason"] == "duration"
+    assert 1.5 <= summary["duration"] < 5 and took < 10
+    for kind in ("old", "current"):
+        rows = summary["kinds"][kind]["targets"]
+        assert rows[target_b]["fail"] == 0 and rows[target_b]["ok"] >= 5
+        assert rows[closed]["ok"] == 0 and rows[closed]["fail"] >= 5
+        assert "ConnectionRefusedError" in rows[closed]["last_error"]
+    assert len({line["elapsed"] for line in read_jsonl(out)}) >= 2
+
+
+def test_stops_at_max_requests_and_probes_cacerts_without_client_cert(pki, servers, tmp_path):
+    server_b = servers(pki["leaf_old"])
+    target_b = "127.0.0.1:%d" % server_b.server_address[1]
+    out = str(tmp_path / "probe")
+    result = probe("run", "--targets", target_b, "--old-ca", pki["old"][0], "--current-ca-file", pki["old"][0], "--interval", "0.05",
+                   "--duration", "30", "--max-requests", "7", "--out", out, "--fail-on", "old,current")
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = read_summary(out)
+    assert summary["stop_reason"] == "max-requests"
+    assert summary["requests"] == 7 and summary["failures"] == 0
+    assert summary["path"] == "/cacerts"
+    assert summary["duration"] < 10
+    assert server_b.served(1, "old") + server_b.served(1, "current") == 7
+
+
+def test_stop_file_ends_a_foreground_run(pki, servers, tmp_path):
+    server_b = servers(pki["leaf_old"])
+    out = tmp_path / "probe"
+    out.mkdir()
+    (out / "stop").write_text("left over from an earlier run\n")
+    cmd = [sys.executable, PROBE, "run", "--targets", "127.0.0.1:%d" % server_b.server_address[1], "--old-ca", pki["old"][0],
+           "--current-ca-file", pki["old"][0], "--interval", "0.1", "--duration", "60", "--out", str(out)]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        try:
+            wait_for(lambda: (out / "probe.jsonl").exists() and server_b.served(1, "old") >= 2, 15, "traffic")
+            assert proc.poll() is None, "a stale stop file must not end a new run"
+            (out / "stop").write_text("stop\n")
+            output = proc.communicate(timeout=15)[0]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+    assert proc.returncode == 0, output
+    assert read_summary(str(out))["stop_reason"] == "stop-file"
+
+
+def test_sigterm_writes_summary(pki, servers, tmp_path):
+    server_b = servers(pki["leaf_old"])
+    out = str(tmp_path / "probe")
+    result = probe("start", "--targets", "127.0.0.1:%d" % server_b.server_address[1], "--old-ca", pki["old"][0], "--current-ca-file",
+                   pki["old"][0], "--interval", "0.1", "--duration", "60", "--out", out)
+    assert result.returncode == 0, result.stdout + result.stderr
+    with open(os.path.join(out, "probe.pid"), encoding="ascii") as handle:
+        pid = int(handle.read())
+    again = probe("start", "--targets", "127.0.0.1:1", "--old-ca", pki["old"][0], "--current-ca-file", pki["old"][0], "--out", out)
+    assert again.returncode == 2 and "already runs" in again.stderr
+    wait_for(lambda: server_b.served(1, "current") >= 2, 15, "traffic")
+    os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: os.path.exists(os.path.join(out, "summary.json")), 15, "the summary after SIGTERM")
+    assert read_summary(out)["stop_reason"] == "signal %d" % signal.SIGTERM
+    stopped = probe("stop", "--out", out, "--timeout", "10")
+    assert stopped.returncode == 0 and "stop: signal" in stopped.stdout
+
+
+def test_lab_state_adds_the_servers(pki, servers, tmp_path):
+    server_b = servers(pki["leaf_old"])
+    state = tmp_path / "state.json"
+    hosts = [{"name": "server1", "group": "servers", "address": "127.0.0.1"}, {"name": "agent1", "group": "agents", "address": "127.0.0.2"}]
+    state.write_text(json.dumps({"subnet": "10.123.0.0/24", "hosts": hosts}))
+    out = str(tmp_path / "probe")
+    result = probe("run", "--lab-state", state, "--lab-port", server_b.server_address[1], "--old-ca", pki["old"][0], "--current-ca-file",
+                   pki["old"][0], "--max-requests", "4", "--interval", "0.05", "--out", out, "--fail-on", "old,current")
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = read_summary(out)
+    assert summary["settings"]["targets"] == ["127.0.0.1:%d" % server_b.server_address[1]]
+    assert summary["requests"] == 4 and summary["failures"] == 0
+
+
+@pytest.mark.parametrize("target,message", [
+    ("192.0.2.1:6443", "outside the allowed networks"),
+    ("no-such-host.kubepki.invalid:6443", "does no DNS"),
+    ("127.0.0.1", "needs a port"),
+])
+def test_refuses_targets_off_the_lab(pki, tmp_path, target, message):
+    result = probe("run", "--targets", target, "--old-ca", pki["old"][0], "--current-ca-file", pki["old"][0], "--duration", "1",
+                   "--out", str(tmp_path / "probe"))
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_refuses_bad_input(pki, tmp_path):
+    out = str(tmp_path / "probe")
+    assert "needs --old-ca" in probe("run", "--targets", "127.0.0.1:1", "--out", out).stderr
+    bad = probe("run", "--targets", "127.0.0.1:1", "--old-ca", pki["old"][1], "--current-ca-file", pki["old"][0], "--out", out)
+    assert bad.returncode == 2 and "cannot load --old-ca" in bad.stderr
+    assert probe("run", "--targets", "127.0.0.1:1", "--old-ca", pki["old"][0], "--current-ca-file", pki["old"][0], "--out", out,
+                 "--duration", "0").returncode == 2
+    assert probe("stop", "--out", out).returncode == 3
+
+
+@pytest.fixture
+def etcd(pki, tmp_path):
+    binary = shutil.which("etcd")
+    if not binary or not shutil.which("etcdctl"):
+        pytest.skip("etcd/etcdctl not installed (Debian etcd-server, etcd-client)")
+    certs = pki["pki"]
+    server_ca = certs.root("etcd-server-ca", "etcd-server-ca")
+    server = certs.issue("etcd-server", "etcd-server", server_ca, "both")
+    client = certs.issue("etcd-client", "etcd-client", server_ca, "client")
+    client_port, peer_port = free_port(), free_port()
+    url = "https://127.0.0.1:%d" % client_port
+    peer = "http://127.0.0.1:%d" % peer_port
+    log_path = str(tmp_path / "etcd.log")
+    cmd = [binary, "--name", "probe", "--data-dir", str(tmp_path / "etcd-data"), "--logger=zap", "--log-level=warn",
+           "--listen-client-urls", url, "--advertise-client-urls", url, "--listen-peer-urls", peer,
+           "--initial-advertise-peer-urls", peer, "--initial-cluster", "probe=%s" % peer,
+           "--cert-file", server[0], "--key-file", server[1], "--trusted-ca-file", server_ca[0], "--client-cert-auth"]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)  # pylint: disable=consider-using-with
+    tls = ["--cacert=%s" % server_ca[0], "--cert=%s" % client[0], "--key=%s" % client[1]]
+
+    def etcdctl(*args):
+        return subprocess.run(["etcdctl", "--endpoints=%s" % url, "--dial-timeout=2s", "--command-timeout=3s"] + tls + list(args), check=False,
+                              capture_output=True, text=True, timeout=10, env=dict(os.environ, ETCDCTL_API="3"))
+
+    try:
+        wait_for(lambda: proc.poll() is not None or etcdctl("endpoint", "health").returncode == 0, 30, "etcd to become healthy")
+        assert proc.poll() is None, read_text(log_path)
+        yield {"url": url, "cacert": server_ca[0], "cert": client[0], "key": client[1], "etcdctl": etcdctl,
+               "wrong_cert": pki["client"][0], "wrong_key": pki["client"][1]}
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+@pytest.mark.parametrize("mode,interval", [("gateway", "0.05"), ("etcdctl", "0.2")])
+def test_etcd_put_get(etcd, tmp_path, mode, interval):
+    out = str(tmp_path / "probe")
+    result = probe("run", "--etcd-endpoints", etcd["url"], "--etcd-cacert", etcd["cacert"], "--etcd-cert", etcd["cert"], "--etcd-key", etcd["key"],
+                   "--etcd-mode", mode, "--interval", interval, "--duration", "2", "--out", out, "--fail-on", "etcd")
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = read_summary(out)
+    row = summary["kinds"]["etcd"]["targets"][etcd["url"]]
+    assert row["fail"] == 0 and row["ok"] >= 3, row
+    assert "old" not in summary["kinds"]
+    # the probe deletes its keys at exit
+    left = etcd["etcdctl"]("get", "--prefix", "/kubepki-probe/", "--keys-only")
+    assert left.returncode == 0 and left.stdout.strip() == "", left.stdout + left.stderr
+    # a client certificate under another CA is refused by etcd, and that is counted
+    bad = probe("run", "--etcd-endpoints", etcd["url"], "--etcd-cacert", etcd["cacert"], "--etcd-cert", etcd["wrong_cert"],
+                "--etcd-key", etcd["wrong_key"], "--etcd-mode", mode, "--max-requests", "2", "--duration", "20", "--out", out)
+    assert bad.returncode == 0, bad.stdout + bad.stderr
+    row = read_summary(out)["kinds"]["etcd"]["targets"][etcd["url"]]
+    assert row["ok"] == 0 and row["fail"] == 2, row
