@@ -101,6 +101,11 @@ def _plan_rancher(request: ServiceKeyRequest) -> ServiceKeyPlan:
         existing = read_if_exists(request.dest)
         if existing is not None:
             staged = keys_mod.load_private_keys(existing, source=request.dest)
+            staged_ids = [keys_mod.public_key_der(k) for k in staged]
+            if len(staged) > 1 and staged_ids == [keys_mod.public_key_der(k) for k in current_keys]:
+                # The staged file was loaded and is live now: this rotation is done.
+                return ServiceKeyPlan(request, [], key_fingerprint(staged[0]),
+                                      [key_fingerprint(k) for k in staged[1:]], 0, None)
             if (len(staged) == count + 1 and keys_mod.public_key_der(staged[0]) not in current_ids
                     and [keys_mod.public_key_der(k) for k in staged[1:]]
                     == [keys_mod.public_key_der(k) for k in kept_keys]):
