@@ -117,21 +117,35 @@ def concat(out: str, *parts) -> str:
     return write_text(out, text)
 
 
-def ski_aki(openssl, cert: str) -> tuple:
-    """(SKI, AKI) hex as openssl prints them; None when absent."""
-    out = openssl("x509", "-noout", "-ext", "subjectKeyIdentifier,authorityKeyIdentifier", "-in", cert).stdout
-    values = {"Subject Key Identifier": None, "Authority Key Identifier": None}
-    lines = out.splitlines()
-    for index, line in enumerate(lines):
-        for label in values:
-            if label in line and index + 1 < len(lines):
-                values[label] = lines[index + 1].strip().replace("keyid:", "").upper()
-    return values["Subject Key Identifier"], values["Authority Key Identifier"]
+_CERT_INFO = {}
+_PUBKEY_RE = re.compile(r"-----BEGIN PUBLIC KEY-----.*?-----END PUBLIC KEY-----\n", re.S)
 
 
-def subject_issuer(openssl, cert: str) -> tuple:
-    out = openssl("x509", "-noout", "-subject", "-issuer", "-nameopt", "RFC2253", "-in", cert).stdout.splitlines()
-    return out[0].split("=", 1)[1], out[1].split("=", 1)[1]
+def cert_info(openssl, cert: str) -> dict:
+    """subject, issuer (RFC 2253), not_after (epoch), pubkey (PEM), ski/aki (hex or None), ext (text) of the
+    first certificate of ``cert``, from ONE openssl call (cached by content: the same certs recur)."""
+    text = read_text(cert)
+    if text not in _CERT_INFO:
+        out = openssl("x509", "-noout", "-subject", "-issuer", "-enddate", "-nameopt", "RFC2253", "-pubkey", "-ext",
+                      "basicConstraints,keyUsage,extendedKeyUsage,subjectKeyIdentifier,authorityKeyIdentifier",
+                      "-in", cert).stdout
+        info = {"pubkey": _PUBKEY_RE.search(out).group(0), "ski": None, "aki": None}
+        lines = out.splitlines()
+        for index, line in enumerate(lines):
+            for prefix, field in (("subject=", "subject"), ("issuer=", "issuer"), ("notAfter=", "not_after")):
+                if line.startswith(prefix):
+                    info[field] = line[len(prefix):]
+            for label, field in (("Subject Key Identifier", "ski"), ("Authority Key Identifier", "aki")):
+                if label in line and index + 1 < len(lines):
+                    info[field] = lines[index + 1].strip().replace("keyid:", "").upper()
+        info["not_after"] = int(time.mktime(time.strptime(info["not_after"].replace(" GMT", ""), "%b %d %H:%M:%S %Y")))
+        info["ext"] = out.split("-----END PUBLIC KEY-----", 1)[1]
+        _CERT_INFO[text] = info
+    return _CERT_INFO[text]
+
+
+def key_pubkey(openssl, key: str) -> str:
+    return openssl("pkey", "-pubout", "-in", key).stdout
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -338,6 +352,67 @@ def test_module_report(lab, name):
 
 
 # ---------------------------------------------------------------------------------------------------
+# the staged files themselves, read with openssl
+def private_keys(path: str, out_dir: str, stem: str) -> list:
+    paths = []
+    for index, match in enumerate(PEM_KEY_RE.finditer(read_text(path))):
+        paths.append(write_text(os.path.join(out_dir, "%s.%d.key" % (stem, index)), match.group(0), 0o600))
+    return paths
+
+
+@pytest.mark.parametrize("name", list(NON_DISRUPTIVE))
+def test_staged_layout(lab, name, openssl, tmp_path):
+    """Bundle order and keys as section 4 describes (cross_sign) or CA + kept chain (renew), CA profile kept."""
+    lab.ok(name)
+    work = str(tmp_path)
+    for ca in CAS:
+        stem = ca.replace("/", "-")
+        live = split_bundle(os.path.join(lab.live_of(name), ca + ".crt"), work, stem + "-live")
+        staged = split_bundle(os.path.join(lab.stage_tls(name), ca + ".crt"), work, stem + "-staged")
+        keys = private_keys(os.path.join(lab.stage_tls(name), ca + ".key"), work, stem)
+        assert key_pubkey(openssl, keys[0]) == cert_info(openssl, staged[0])["pubkey"], "%s: first key" % ca
+        for cert in staged[:1 if ALL_SETS[name][1] == "renew" else 3]:
+            text = cert_info(openssl, cert)["ext"]
+            assert re.search(r"Basic Constraints: critical\s+CA:TRUE", text), (ca, text)
+            assert "Certificate Sign" in text and "Extended Key Usage" not in text, (ca, text)
+        if ALL_SETS[name][1] == "renew":
+            assert [read_text(c) for c in staged[1:]] == [read_text(c) for c in live[1:]], "%s: chain kept" % ca
+            assert len(keys) == 1
+            continue
+        new_ca, root, cross = staged[0], staged[1], staged[2]
+        # the current chain follows, unchanged
+        assert [read_text(c) for c in staged[3:]] == [read_text(c) for c in live], "%s: current chain kept" % ca
+        # key file: new CA key, then the new root key
+        assert len(keys) == 2 and key_pubkey(openssl, keys[1]) == cert_info(openssl, root)["pubkey"], ca
+        # self-signed root and cross-signed twin: same subject, same key; the twin issued by the current CA
+        root_info, cross_info, current_info = (cert_info(openssl, c) for c in (root, cross, live[0]))
+        root_subject, root_issuer = root_info["subject"], root_info["issuer"]
+        cross_subject, cross_issuer = cross_info["subject"], cross_info["issuer"]
+        assert root_subject == root_issuer == cross_subject, (root_subject, root_issuer, cross_subject)
+        assert cross_issuer == current_info["subject"], (cross_issuer, ca)
+        assert cross_info["pubkey"] == root_info["pubkey"]
+        assert current_info["ski"] and cross_info["aki"] == current_info["ski"], "%s: cross-signed AKI != current SKI" % ca
+        assert cert_info(openssl, new_ca)["issuer"] == root_subject
+        # nothing outlives its issuer: the twin is clamped to the current CA, the new CA to its root
+        assert cross_info["not_after"] <= current_info["not_after"], ca
+        assert cert_info(openssl, new_ca)["not_after"] <= root_info["not_after"], ca
+
+
+@pytest.mark.parametrize("name", list(ALL_SETS))
+def test_service_key(lab, name, openssl, tmp_path):
+    """k3s validateServiceKey: the current first key is kept; a new RSA 2048 key signs first."""
+    lab.ok(name)
+    work = str(tmp_path)
+    live = private_keys(os.path.join(lab.live_of(name), "service.key"), work, "live")
+    staged = private_keys(os.path.join(lab.stage_tls(name), "service.key"), work, "staged")
+    staged_public = [key_pubkey(openssl, key) for key in staged]
+    assert key_pubkey(openssl, live[0]) in staged_public[1:], "the current signing key was dropped"
+    assert staged_public[0] not in [key_pubkey(openssl, key) for key in live], "no new signing key"
+    assert "(2048 bit" in openssl("pkey", "-noout", "-text", "-in", staged[0]).stdout
+    assert len(staged) == len(live) + 1
+
+
+# ---------------------------------------------------------------------------------------------------
 # token CA hash: Go hashca == module == openssl fingerprint of the chain's root
 @pytest.mark.parametrize("name", list(ALL_SETS))
 def test_token_ca_hash(lab, name, go_verifier, openssl, tmp_path):
@@ -354,7 +429,7 @@ def test_token_ca_hash(lab, name, go_verifier, openssl, tmp_path):
             assert before == hashlib.sha256(handle.read()).hexdigest()
     if ALL_SETS[name][1] == "cross_sign":
         new_root = staged[1]
-        subject, issuer = subject_issuer(openssl, new_root)
+        subject, issuer = cert_info(openssl, new_root)["subject"], cert_info(openssl, new_root)["issuer"]
         assert subject == issuer, "bundle cert #2 is not the new self-signed root: %s / %s" % (subject, issuer)
         assert after == openssl.fingerprint_hex(new_root)
         # upstream's script prints the new intermediate's fingerprint: that is NOT the k3s hash
@@ -386,7 +461,7 @@ def test_continuity_go(lab, name, ca, go_verifier, openssl, tmp_path):
     # the chain Go built for the old client: through the cross-signed root to the current CA (cross_sign),
     # through the kept intermediate (renew)
     via = leaves.live_certs[0] if ALL_SETS[name][1] == "cross_sign" else leaves.staged_certs[1]
-    via_subject = subject_issuer(openssl, via)[0]
+    via_subject = cert_info(openssl, via)["subject"]
     assert via_subject in old_client.stdout, (via_subject, old_client.stdout)
     new_client = go_verifier.verify(current_chain, roots=leaves.staged_bundle, usage=usage)
     assert go_ok(new_client), "%s %s: a client holding the new bundle refuses a current leaf\n%s" % (
@@ -421,10 +496,10 @@ def _validate_ca(lab, name, ca, go_verifier, openssl, work):
     new = split_bundle(os.path.join(lab.stage_tls(name), ca + ".crt"), work, "new")
     roots, intermediates = [], []
     for cert in old:
-        ski, aki = ski_aki(openssl, cert)
+        ski, aki = cert_info(openssl, cert)["ski"], cert_info(openssl, cert)["aki"]
         (roots if aki is None or aki == ski else intermediates).append(cert)
     for cert in new[1:]:
-        if ski_aki(openssl, cert)[1] is not None:
+        if cert_info(openssl, cert)["aki"] is not None:
             intermediates.append(cert)
     assert roots, "no root in the current %s bundle" % ca
     roots_file = concat(os.path.join(work, "roots.pem"), *roots)
@@ -559,6 +634,14 @@ def test_staging_modes(lab, name):
                 keys.append(os.path.join(root, file_name))
                 assert stat.S_IMODE(os.stat(keys[-1]).st_mode) == 0o600, keys[-1]
     assert len(keys) >= 6, keys
+    # k3s reconciles by mtime (section 5.5): every staged file is newer than its live counterpart
+    live = lab.live_of(name)
+    for root, _dirs, files in os.walk(lab.stage_tls(name)):
+        for file_name in files:
+            staged = os.path.join(root, file_name)
+            current = os.path.join(live, os.path.relpath(staged, lab.stage_tls(name)))
+            if os.path.exists(current):
+                assert os.stat(staged).st_mtime >= os.stat(current).st_mtime, staged
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -629,7 +712,7 @@ def _cluster_healthy(cluster, which):
     return report if len(report) == 2 and all(entry.get("health") for entry in report) else None
 
 
-@pytest.mark.parametrize("name", ["cross_default", "cross_rotated"])
+@pytest.mark.parametrize("name", ["cross_default", "cross_custom", "cross_rotated", "renew_custom"])
 def test_live_etcd_mid_rotation(lab, name, openssl, processes, free_port, tmp_path):
     lab.ok(name)
     cluster = MidRotationEtcd(lab, name, openssl, processes, free_port, str(tmp_path))
@@ -644,6 +727,17 @@ def test_live_etcd_mid_rotation(lab, name, openssl, processes, free_port, tmp_pa
         assert put.returncode == 0 and "OK" in put.stdout, put.stdout + put.stderr
         get = cluster.etcdctl(reader, "get", key, "--print-value-only", endpoints=cluster.endpoint(1))
         assert get.returncode == 0 and get.stdout.strip() == value, get.stdout + get.stderr
+    # curl (OpenSSL) as an old client of member B, which serves new leaf + staged bundle: for a cross-signed set
+    # OpenSSL stops at the self-signed twin that precedes the cross-signed cert (see the module docstring), while
+    # Go clients (etcdctl above, k3s, kubelet) succeed. A renewed set has no twin: curl succeeds.
+    old = cluster.clients["current"]
+    probe = run([find_tool("curl"), "-sS", "--max-time", "5", "--cacert", old["cacert"], "--cert", old["cert"], "--key",
+                 old["key"], "https://127.0.0.1:%d/health" % cluster.members[1]["client_port"]], timeout=15)
+    if ALL_SETS[name][1] == "renew":
+        assert probe.returncode == 0 and "true" in probe.stdout, probe.stdout + probe.stderr
+    else:
+        assert probe.returncode == 0 or "self-signed certificate in certificate chain" in probe.stderr, probe.stderr
+        print("curl (OpenSSL) old client -> new member: rc=%d %s" % (probe.returncode, probe.stderr.strip()))
     processes.assert_alive()
 
 
