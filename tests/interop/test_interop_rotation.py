@@ -64,10 +64,14 @@ V3_CA = ("subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid:always\nbasicC
 
 # staged set -> (live dir key, mode)
 NON_DISRUPTIVE = {"cross_default": ("default", "cross_sign"), "cross_custom": ("custom", "cross_sign"),
-                  "cross_rotated": ("rotated", "cross_sign"), "renew_custom": ("custom", "renew")}
+                  "cross_rotated": ("rotated", "cross_sign"), "cross_script": ("script_loaded", "cross_sign"),
+                  "renew_custom": ("custom", "renew")}
 ALL_SETS = dict(NON_DISRUPTIVE, new_root=("default", "new_root"))
 # expected staged bundle lengths: new CA + new root + cross-signed root + current chain; renew: CA + inter + root
-BUNDLE_LENGTH = {"cross_default": 4, "cross_custom": 6, "cross_rotated": 7, "renew_custom": 3}
+BUNDLE_LENGTH = {"cross_default": 4, "cross_custom": 6, "cross_rotated": 7, "cross_script": 7, "renew_custom": 3}
+# staged sets built with the openssl CLI (upstream rotate-default-ca-certs.sh's algorithm), judged by ca_verify
+# and Go alike: the script's set, the same without the cross-signed roots, the script's set with a wrong key
+HAND_MADE = ("openssl_cross", "openssl_no_cross", "openssl_wrong_key")
 
 PEM_KEY_RE = re.compile(r"-----BEGIN ([A-Z ]*)PRIVATE KEY-----\r?\n.*?-----END \1PRIVATE KEY-----\r?\n?", re.S)
 ETCD_FORM_TIMEOUT = 30
@@ -197,12 +201,50 @@ def build_custom_chain(openssl, tls: str, work: str) -> None:
     os.chmod(service, 0o600)
 
 
+def build_script_sets(openssl, lab_base: str, live: str) -> None:
+    """rotate-default-ca-certs.sh (section 4) with the openssl CLI for every CA of ``live``: ``openssl_cross``;
+    the same without the cross-signed roots: ``openssl_no_cross``; ``openssl_cross`` whose server-ca.key is the
+    client-ca key: ``openssl_wrong_key``."""
+    stage = {name: os.path.join(lab_base, "stage", name, "tls") for name in HAND_MADE}
+    for path in stage.values():
+        os.makedirs(os.path.join(path, "etcd"))
+    work = os.path.join(lab_base, "script-work")
+    os.makedirs(work)
+    stamp = int(time.time())
+    for ca in CAS:
+        stem = ca.replace("/", "-")
+        current_cert, current_key = os.path.join(live, ca + ".crt"), os.path.join(live, ca + ".key")
+        root_cn = "k3s-%s-root@%d" % (stem, stamp)
+        root, root_key = openssl.self_signed_ca(work, stem + "-root-ssigned", cn=root_cn, days=7300)
+        cross, _root_key = openssl.sub_ca(work, stem + "-root-xsigned", cn=root_cn, issuer_cert=current_cert,
+                                          issuer_key=current_key, key=root_key, days=3000)
+        new_ca, new_key = openssl.sub_ca(work, stem + "-ca", cn="k3s-%s-ca@%d" % (stem, stamp), issuer_cert=root,
+                                         issuer_key=root_key, days=3000)
+        concat(os.path.join(stage["openssl_cross"], ca + ".crt"), new_ca, root, cross, current_cert)
+        concat(os.path.join(stage["openssl_no_cross"], ca + ".crt"), new_ca, root, current_cert)
+        for name in HAND_MADE:
+            if name == "openssl_wrong_key":
+                shutil.copyfile(os.path.join(stage["openssl_cross"], ca + ".crt"), os.path.join(stage[name], ca + ".crt"))
+            concat(os.path.join(stage[name], ca + ".key"), new_key, root_key)
+    client_key = os.path.join(stage["openssl_cross"], "client-ca.key")
+    shutil.copyfile(client_key, os.path.join(stage["openssl_wrong_key"], "server-ca.key"))
+    new_service = os.path.join(work, "service.new.key")
+    openssl("genrsa", "-traditional", "-out", new_service, 2048)
+    for path in stage.values():
+        concat(os.path.join(path, "service.key"), new_service, os.path.join(live, "service.key"))
+        for root, _dirs, files in os.walk(path):
+            for file_name in files:
+                if file_name.endswith(".key"):
+                    os.chmod(os.path.join(root, file_name), 0o600)
+
+
 # ---------------------------------------------------------------------------------------------------
 # the module runs
 class Lab:
     def __init__(self, base: str) -> None:
         self.base = base
-        self.live = {name: os.path.join(base, name, "server", "tls") for name in ("default", "custom", "rotated")}
+        self.live = {name: os.path.join(base, name, "server", "tls")
+                     for name in ("default", "custom", "rotated", "script_loaded")}
         self.nested_live = os.path.join(base, "nested", "tls", "k3s", "server", "tls")
         self.results = {}
         self.digests = {}
@@ -214,7 +256,7 @@ class Lab:
         return os.path.join(self.stage(name), "tls")
 
     def live_of(self, name: str) -> str:
-        return self.live[ALL_SETS[name][0]]
+        return self.live["default" if name in HAND_MADE else ALL_SETS[name][0]]
 
     def result(self, name: str) -> dict:
         assert name in self.results, sorted(self.results)
@@ -256,6 +298,10 @@ def lab(tmp_path_factory, openssl):
     shutil.copytree(the_lab.live["default"], the_lab.live["rotated"])
     # a stale staging dir (another cluster's files) that a check-mode run must leave alone
     shutil.copytree(the_lab.live["custom"], the_lab.stage_tls("check_stale"))
+    build_script_sets(openssl, base, the_lab.live["default"])
+    # a cluster rotated once by upstream's script (PKCS#8 keys, AKI == SKI roots), loaded: rotate it again
+    shutil.copytree(the_lab.live["default"], the_lab.live["script_loaded"])
+    shutil.copytree(the_lab.stage_tls("openssl_cross"), the_lab.live["script_loaded"], dirs_exist_ok=True)
     the_lab.digests["start"] = the_lab.live_digests()
     the_lab.digests["check_stale"] = tree_digest(the_lab.stage("check_stale"))
 
@@ -283,8 +329,9 @@ def lab(tmp_path_factory, openssl):
             "remote_src": True}},
         rotation("already loaded", "cross_rotated", staging_path=the_lab.stage("cross_default")),
         rotation("cross_rotated", "cross_rotated"),
+        rotation("cross_script", "cross_script"),
     ]
-    for name in ("cross_default", "cross_custom", "renew_custom", "cross_rotated", "new_root"):
+    for name in tuple(ALL_SETS) + HAND_MADE:
         tasks.append({"name": "verify " + name, "kubepki.certs.ca_verify": _verify(the_lab, name)})
     tasks.append({"name": "verify new_root allow_disruptive",
                   "kubepki.certs.ca_verify": _verify(the_lab, "new_root", allow_disruptive=True)})
@@ -587,6 +634,38 @@ def test_ca_verify_refuses_new_root(lab):
     assert still_shown == set(CA_VERIFY_NAME.values())
 
 
+def test_ca_verify_on_script_sets(lab):
+    """ca_verify judges sets it did not make: the upstream script's set passes; without the cross-signed roots
+    every CA fails continuity and k3s's chain check; a first key that is not the first cert's fails key_matches_cert."""
+    script = lab.result("verify openssl_cross")
+    assert not script.get("failed") and script["failed_checks"] == [], script.get("msg")
+    no_cross = lab.result("verify openssl_no_cross")
+    assert no_cross.get("failed"), "ca_verify accepted a set that is not cross-signed"
+    failed = {(c["ca"], c["check"]) for c in no_cross["failed_checks"]}
+    for ca in CA_VERIFY_NAME.values():
+        for check in ("chains_to_current_root", "new_leaf_trusted_by_current_clients"):
+            assert (ca, check) in failed, (ca, check, failed)
+    wrong = lab.result("verify openssl_wrong_key")
+    assert wrong.get("failed")
+    assert {(c["ca"], c["check"]) for c in wrong["failed_checks"]} == {("server-ca", "key_matches_cert")}, wrong["msg"]
+
+
+@pytest.mark.parametrize("ca", list(CAS))
+@pytest.mark.parametrize("name", ["openssl_cross", "openssl_no_cross"])
+def test_go_agrees_on_script_sets(lab, name, ca, go_verifier, openssl, tmp_path):
+    """Go's verdicts (validateCA rule, old client) on the openssl-built sets match ca_verify's."""
+    expected = name == "openssl_cross"
+    count, validate = _validate_ca(lab, name, ca, go_verifier, openssl, str(tmp_path))
+    assert count > 1 and go_ok(validate) is expected, go_detail(validate)
+    leaves = Leaves(lab, name, ca, openssl, str(tmp_path))
+    _new_cert, _new_key, new_chain = leaves.issue("new")
+    old_client = go_verifier.verify(new_chain, roots=leaves.live_bundle, usage=leaves.usage)
+    assert go_ok(old_client) is expected, go_detail(old_client)
+    check = next(c for c in lab.result("verify " + name)["checks"]
+                 if c["ca"] == CA_VERIFY_NAME[ca] and c["check"] == "new_leaf_trusted_by_current_clients")
+    assert check["ok"] is expected, check
+
+
 # ---------------------------------------------------------------------------------------------------
 # idempotence and safety at module level
 def test_idempotence_check_mode_and_refusals(lab):
@@ -613,7 +692,7 @@ def test_idempotence_check_mode_and_refusals(lab):
     assert sorted(os.listdir(os.path.join(lab.base, "nested"))) == ["tls"]
     # the live dirs never change; the "rotated" one holds exactly the loaded set (cross_rotated wrote nothing there)
     start, end = lab.digests["start"], lab.digests["end"]
-    for live in ("default", "custom", "nested"):
+    for live in ("default", "custom", "nested", "script_loaded"):
         assert end[live] == start[live], "live dir %s changed" % live
     loaded_files = {k: v for k, v in tree_digest(lab.stage_tls("cross_default")).items() if not k.endswith("/")}
     expected = dict(start["rotated"], **loaded_files)
