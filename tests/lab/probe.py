@@ -19,6 +19,12 @@ Three kinds of traffic, each in its own thread per target, until ``--duration`` 
     (``--etcd-mode etcdctl``, bounded ``--command-timeout``). CA, cert and key files are re-read each second.
 
 Every request opens a new TCP + TLS connection and has a short timeout (``--timeout``, 2 s).
+Clients verify like Go clients (kubectl, k3s agents, the apiserver's etcd client): any certificate of the
+trust file anchors a chain, and when OpenSSL's single path fails the probe retries once over the other
+paths through the certificates the server sent (``ok_alt_chain`` counts these successes; see ``connect``).
+k3s sends leaf + intermediate + new self-signed root + cross-signed root + old root after a cross-signed
+rotation: Go clients holding the old root accept that, OpenSSL clients (curl, Python) do not.
+``--openssl-only`` probes as an OpenSSL client instead.
 Traffic goes only to loopback and ``--allow-net`` networks (the lab's 10.123.0.0/16 by default); names
 are resolved through /etc/hosts only (no DNS). Output in ``--out`` DIR:
 
@@ -75,6 +81,8 @@ MAX_CA_CHANGES = 200
 NETNS_ENV = "KUBEPKI_PROBE_NETNS"
 MARKER = "kubepki-probe"
 PARTIAL_CHAIN = getattr(ssl, "VERIFY_X509_PARTIAL_CHAIN", 0x80000)
+# The certificates a server sent are readable from Python 3.10 on (needed for Go-style path building).
+ALT_CHAINS_SUPPORTED = sys.version_info >= (3, 10)
 
 
 class ProbeError(Exception):
@@ -222,37 +230,126 @@ def _decode_chunked(data):
     raise ValueError("truncated chunked body")
 
 
-def https_request(ctx, endpoint, server_name, method, path, timeout, body=None, user_agent=MARKER):
-    """One request on a new connection; returns (status, body). Raises OSError/ssl.SSLError/ValueError."""
+def presented_chain(tls):
+    """PEM of the certificates the peer sent, in its order (Python 3.10+), or None when unavailable."""
+    sslobj = getattr(tls, "_sslobj", None)
+    getter = getattr(sslobj, "get_unverified_chain", None)
+    if getter is None:
+        return None
+    chain = []
+    for cert in getter() or []:
+        info = cert.get_info()
+        chain.append({"pem": cert.public_bytes(), "self_signed": info.get("subject") == info.get("issuer")})
+    return chain
+
+
+class Trust:
+    """What one client trusts and presents: the strict SSLContext plus the Go-style retry (see ``connect``)."""
+
+    def __init__(self, cadata, cert=None, key=None, check_hostname=True, partial_chain=True, alt_chains=True):
+        self.cadata = cadata.decode("ascii", errors="replace") if isinstance(cadata, bytes) else cadata
+        self.cert = cert
+        self.key = key
+        self.check_hostname = check_hostname
+        self.partial_chain = partial_chain
+        self.alt_chains = alt_chains
+        self.ctx = client_context(self.cadata, cert, key, check_hostname, partial_chain)
+        self.lock = threading.Lock()
+        self.augmented = {}
+        self.unverified_ctx = None
+
+    def unverified(self):
+        with self.lock:
+            if self.unverified_ctx is None:
+                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+                if self.cert:
+                    ctx.load_cert_chain(self.cert, self.key or None)
+                self.unverified_ctx = ctx
+            return self.unverified_ctx
+
+    def with_intermediates(self, pems):
+        """The trust anchors plus ``pems`` as intermediates only (no partial chain: only self-signed anchors end a chain)."""
+        key = tuple(pems)
+        with self.lock:
+            ctx = self.augmented.get(key)
+            if ctx is None:
+                if len(self.augmented) > 16:
+                    self.augmented.clear()
+                ctx = client_context(self.cadata + "\n" + "".join(pems), self.cert, self.key, self.check_hostname, partial_chain=False)
+                self.augmented[key] = ctx
+            return ctx
+
+
+def _open(ctx, endpoint, server_name, deadline):
+    raw = socket.create_connection((endpoint.address, endpoint.port), timeout=max(0.05, deadline - time.monotonic()))
+    try:
+        return ctx.wrap_socket(raw, server_hostname=server_name)
+    except BaseException:
+        raw.close()
+        raise
+
+
+def connect(trust, endpoint, server_name, deadline):
+    """TLS connection verified like a Go client; returns (socket, via_alt_chain).
+
+    OpenSSL follows the first issuer it finds among the certificates the server sent; k3s sends leaf +
+    intermediate + new self-signed root + cross-signed root + old root, so a client trusting only the old
+    root fails in OpenSSL ("self-signed certificate in certificate chain") while Go, which tries every
+    candidate path, succeeds. On a verification failure the probe therefore fetches the presented chain
+    (handshake without verification), adds its non-self-signed certificates to the store as
+    intermediates and verifies again on a new connection: success iff some path through the presented
+    certificates reaches the client's anchors. ``--openssl-only`` turns this off.
+    """
+    try:
+        return _open(trust.ctx, endpoint, server_name, deadline), False
+    except ssl.SSLCertVerificationError as exc:
+        if not trust.alt_chains:
+            raise
+        first = exc
+    with _open(trust.unverified(), endpoint, server_name, deadline) as probe_tls:
+        chain = presented_chain(probe_tls)
+    intermediates = [cert["pem"] for cert in (chain or [])[1:] if not cert["self_signed"]]
+    if not intermediates:
+        raise first
+    try:
+        return _open(trust.with_intermediates(intermediates), endpoint, server_name, deadline), True
+    except ssl.SSLCertVerificationError:
+        raise first from None
+
+
+def https_request(trust, endpoint, server_name, method, path, timeout, body=None, user_agent=MARKER):
+    """One request on a new connection; returns (status, body, via_alt_chain). Raises OSError/ssl.SSLError/ValueError."""
     deadline = time.monotonic() + timeout
     headers = ["%s %s HTTP/1.1" % (method, path), "Host: %s:%d" % (server_name, endpoint.port), "User-Agent: %s" % user_agent,
                "Accept: */*", "Connection: close"]
     if body is not None:
         headers += ["Content-Type: application/json", "Content-Length: %d" % len(body)]
     request = ("\r\n".join(headers) + "\r\n\r\n").encode("ascii") + (body or b"")
-    with socket.create_connection((endpoint.address, endpoint.port), timeout=timeout) as raw:
-        with ctx.wrap_socket(raw, server_hostname=server_name) as tls:
-            tls.sendall(request)
-            data = b""
-            head_len = None
-            want = None
-            while len(data) < MAX_BODY:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError("no complete response within %.1fs" % timeout)
-                tls.settimeout(remaining)
-                chunk = tls.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-                if head_len is None and b"\r\n\r\n" in data:
-                    head_len = data.index(b"\r\n\r\n") + 4
-                    for line in data[:head_len].decode("latin-1").split("\r\n")[1:]:
-                        name, sep, value = line.partition(":")
-                        if sep and name.strip().lower() == "content-length":
-                            want = int(value.strip())
-                if want is not None and len(data) >= head_len + want:
-                    break
+    tls, alt = connect(trust, endpoint, server_name, deadline)
+    with tls:
+        tls.sendall(request)
+        data = b""
+        head_len = None
+        want = None
+        while len(data) < MAX_BODY:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("no complete response within %.1fs" % timeout)
+            tls.settimeout(remaining)
+            chunk = tls.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+            if head_len is None and b"\r\n\r\n" in data:
+                head_len = data.index(b"\r\n\r\n") + 4
+                for line in data[:head_len].decode("latin-1").split("\r\n")[1:]:
+                    name, sep, value = line.partition(":")
+                    if sep and name.strip().lower() == "content-length":
+                        want = int(value.strip())
+            if want is not None and len(data) >= head_len + want:
+                break
     if head_len is None:
         raise ValueError("no HTTP response (%d bytes)" % len(data))
     head = data[:head_len].decode("latin-1")
@@ -264,21 +361,22 @@ def https_request(ctx, endpoint, server_name, method, path, timeout, body=None, 
         payload = payload[:want]
     elif "transfer-encoding: chunked" in head.lower():
         payload = _decode_chunked(payload)
-    return int(status_line[1]), payload
+    return int(status_line[1]), payload, alt
 
 
-class ReloadingContext:
-    """An SSLContext built from files, rebuilt when their bytes change (checked at most once a second)."""
+class ReloadingTrust:
+    """A Trust built from files, rebuilt when their bytes change (checked at most once a second)."""
 
-    def __init__(self, ca_file, cert=None, key=None, check_hostname=True, partial_chain=True, on_change=None):
+    def __init__(self, ca_file, cert=None, key=None, check_hostname=True, partial_chain=True, alt_chains=True, on_change=None):
         self.ca_file = ca_file
         self.cert = cert
         self.key = key
         self.check_hostname = check_hostname
         self.partial_chain = partial_chain
+        self.alt_chains = alt_chains
         self.on_change = on_change
         self.lock = threading.Lock()
-        self.ctx = None
+        self.trust = None
         self.digest = None
         self.checked = 0.0
         self.reloads = 0
@@ -296,25 +394,25 @@ class ReloadingContext:
     def get(self):
         with self.lock:
             now = time.monotonic()
-            if self.ctx is not None and now - self.checked < RELOAD_EVERY:
-                return self.ctx
+            if self.trust is not None and now - self.checked < RELOAD_EVERY:
+                return self.trust
             self.checked = now
             try:
                 digest = self._digest()
                 if digest != self.digest:
-                    ctx = client_context(read_bytes(self.ca_file), self.cert, self.key, self.check_hostname, self.partial_chain)
+                    trust = Trust(read_bytes(self.ca_file), self.cert, self.key, self.check_hostname, self.partial_chain, self.alt_chains)
                     changed = self.digest is not None
-                    self.ctx, self.digest = ctx, digest
+                    self.trust, self.digest = trust, digest
                     self.reloads += 1
                     if self.on_change:
                         self.on_change(self.ca_file, digest, changed)
             except (OSError, ssl.SSLError, ValueError) as exc:
-                # A file caught half-written keeps the previous context; without one the request fails.
+                # A file caught half-written keeps the previous trust; without one the request fails.
                 self.reload_errors += 1
                 self.last_reload_error = error_text(exc)
-                if self.ctx is None:
+                if self.trust is None:
                     raise
-            return self.ctx
+            return self.trust
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,14 +431,14 @@ class Stats:
     def add_key(self, kind, target):
         key = (kind, target)
         self.order.append(key)
-        self.totals[key] = {"ok": 0, "fail": 0, "first_failure": None, "last_failure": None, "last_ok": None, "last_error": None}
-        self.window[key] = {"ok": 0, "fail": 0, "last_error": None}
+        self.totals[key] = {"ok": 0, "fail": 0, "first_failure": None, "last_failure": None, "last_ok": None, "last_error": None, "ok_alt_chain": 0}
+        self.window[key] = {"ok": 0, "fail": 0, "last_error": None, "ok_alt_chain": 0}
 
     def stamp(self):
         elapsed = time.monotonic() - self.start_mono
         return {"t": round(self.start_wall + elapsed, 3), "elapsed": round(elapsed, 3)}
 
-    def record(self, kind, target, error=None):
+    def record(self, kind, target, error=None, alt=False):
         key = (kind, target)
         stamp = self.stamp()
         with self.lock:
@@ -349,6 +447,9 @@ class Stats:
                 total["ok"] += 1
                 window["ok"] += 1
                 total["last_ok"] = stamp
+                if alt:
+                    total["ok_alt_chain"] += 1
+                    window["ok_alt_chain"] += 1
             else:
                 total["fail"] += 1
                 window["fail"] += 1
@@ -365,8 +466,9 @@ class Stats:
             for key in self.order:
                 window = self.window[key]
                 lines.append({"t": round(self.start_wall + elapsed, 3), "elapsed": round(elapsed, 3), "kind": key[0], "target": key[1],
-                              "ok": window["ok"], "fail": window["fail"], "last_error": window["last_error"]})
-                self.window[key] = {"ok": 0, "fail": 0, "last_error": None}
+                              "ok": window["ok"], "fail": window["fail"], "last_error": window["last_error"],
+                              "ok_alt_chain": window["ok_alt_chain"]})
+                self.window[key] = {"ok": 0, "fail": 0, "last_error": None, "ok_alt_chain": 0}
         for line in lines:
             handle.write(json.dumps(line, sort_keys=True) + "\n")
         handle.flush()
@@ -410,6 +512,19 @@ class Budget:
 # the three kinds of traffic
 
 
+def remove_snapshot(out):
+    snapshot_dir = os.path.join(os.path.abspath(out), ".old-client")
+    for name in ("client.crt", "client.key"):
+        try:
+            os.unlink(os.path.join(snapshot_dir, name))
+        except OSError:
+            pass
+    try:
+        os.rmdir(snapshot_dir)
+    except OSError:
+        pass
+
+
 class Probe:
     def __init__(self, args):
         self.args = args
@@ -437,33 +552,54 @@ class Probe:
         self.path = args.path or ("/readyz" if args.client_cert else "/cacerts")
         self.ca_changes = []
         self.ca_lock = threading.Lock()
-        self.old_ctx = None
+        self.old = None
         self.old_ca_sha256 = None
         self.current = None
-        self.etcd_ctx = None
+        self.etcd_trust = None
+        self.snapshot_dir = None
+        alt = not args.openssl_only
         if self.targets:
             try:
                 old_ca = read_bytes(args.old_ca)
+                cert, key = self.snapshot_client(args)
                 # Loaded once: this client never learns about the rotation.
-                self.old_ctx = client_context(old_ca, args.client_cert, args.client_key, self.check_hostname, self.partial_chain)
+                self.old = Trust(old_ca, cert, key, self.check_hostname, self.partial_chain, alt)
             except (OSError, ssl.SSLError, ValueError) as exc:
                 raise ProbeError("cannot load --old-ca/--client-cert: %s" % error_text(exc)) from exc
             self.old_ca_sha256 = hashlib.sha256(old_ca).hexdigest()
-            self.current = ReloadingContext(args.current_ca_file, args.client_cert, args.client_key, self.check_hostname, self.partial_chain,
-                                            on_change=self._ca_changed)
+            self.current = ReloadingTrust(args.current_ca_file, args.client_cert, args.client_key, self.check_hostname, self.partial_chain, alt,
+                                          on_change=self._ca_changed)
             try:
                 self.current.get()
             except (OSError, ssl.SSLError, ValueError) as exc:
                 raise ProbeError("cannot load --current-ca-file: %s" % error_text(exc)) from exc
         if self.etcd:
-            self.etcd_ctx = ReloadingContext(args.etcd_cacert, args.etcd_cert, args.etcd_key, self.check_hostname, self.partial_chain)
+            self.etcd_trust = ReloadingTrust(args.etcd_cacert, args.etcd_cert, args.etcd_key, self.check_hostname, self.partial_chain, alt)
             try:
-                self.etcd_ctx.get()
+                self.etcd_trust.get()
             except (OSError, ssl.SSLError, ValueError) as exc:
                 raise ProbeError("cannot load the etcd CA/cert/key: %s" % error_text(exc)) from exc
         self.probe_id = "%s-%d-%s" % (socket.gethostname(), os.getpid(), secrets.token_hex(3))
         self.stats = None
         self.budget = Budget(args.max_requests)
+
+    def snapshot_client(self, args):
+        """The old client keeps the client certificate it had at start: a private copy, removed at exit."""
+        if not args.client_cert:
+            return None, None
+        self.snapshot_dir = os.path.join(os.path.abspath(args.out), ".old-client")
+        os.makedirs(self.snapshot_dir, mode=0o700, exist_ok=True)
+        paths = []
+        for source, name in ((args.client_cert, "client.crt"), (args.client_key, "client.key")):
+            target = os.path.join(self.snapshot_dir, name)
+            data = read_bytes(source)
+            with open(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as handle:
+                handle.write(data)
+            paths.append(target)
+        return paths[0], paths[1]
+
+    def cleanup(self):
+        remove_snapshot(self.args.out)
 
     def _ca_changed(self, path, digest, changed):
         with self.ca_lock:
@@ -474,14 +610,15 @@ class Probe:
     def server_name(self, endpoint):
         return self.args.server_name or endpoint.host
 
-    def http_check(self, ctx, endpoint, kind):
-        status, body = https_request(ctx, endpoint, self.server_name(endpoint), "GET", self.path, self.timeout, user_agent="%s/%s" % (MARKER, kind))
+    def http_check(self, trust, endpoint, kind):
+        status, body, alt = https_request(trust, endpoint, self.server_name(endpoint), "GET", self.path, self.timeout,
+                                          user_agent="%s/%s" % (MARKER, kind))
         if status != 200:
-            return "HTTP %d: %s" % (status, body[:200].decode("utf-8", errors="replace").strip())
-        return None
+            return "HTTP %d: %s" % (status, body[:200].decode("utf-8", errors="replace").strip()), alt
+        return None, alt
 
     def old_once(self, endpoint):
-        return self.http_check(self.old_ctx, endpoint, "old")
+        return self.http_check(self.old, endpoint, "old")
 
     def current_once(self, endpoint):
         return self.http_check(self.current.get(), endpoint, "current")
@@ -491,11 +628,11 @@ class Probe:
 
     def _gateway(self, endpoint, call, payload):
         body = json.dumps(payload).encode()
-        status, data = https_request(self.etcd_ctx.get(), endpoint, self.server_name(endpoint), "POST", "/v3/kv/" + call, self.timeout, body=body,
-                                     user_agent="%s/etcd" % MARKER)
+        status, data, alt = https_request(self.etcd_trust.get(), endpoint, self.server_name(endpoint), "POST", "/v3/kv/" + call, self.timeout,
+                                          body=body, user_agent="%s/etcd" % MARKER)
         if status != 200:
             raise ValueError("etcd %s: HTTP %d: %s" % (call, status, data[:200].decode("utf-8", errors="replace").strip()))
-        return json.loads(data.decode("utf-8") or "{}")
+        return json.loads(data.decode("utf-8") or "{}"), alt
 
     def _etcdctl(self, endpoint, *args):
         ctx_files = ["--cacert=%s" % self.args.etcd_cacert, "--cert=%s" % self.args.etcd_cert, "--key=%s" % self.args.etcd_key]
@@ -512,17 +649,20 @@ class Probe:
     def etcd_once(self, endpoint, index, seq):
         key = self.etcd_key(index)
         value = "%d %s" % (seq, now_iso())
+        alt = False
         if self.args.etcd_mode == "etcdctl":
             self._etcdctl(endpoint, "put", key, value)
             got = self._etcdctl(endpoint, "get", key, "--print-value-only").rstrip("\n")
         else:
             b64key = base64.b64encode(key.encode()).decode()
-            self._gateway(endpoint, "put", {"key": b64key, "value": base64.b64encode(value.encode()).decode()})
-            kvs = self._gateway(endpoint, "range", {"key": b64key}).get("kvs") or []
+            alt = self._gateway(endpoint, "put", {"key": b64key, "value": base64.b64encode(value.encode()).decode()})[1]
+            reply, alt_range = self._gateway(endpoint, "range", {"key": b64key})
+            alt = alt or alt_range
+            kvs = reply.get("kvs") or []
             got = base64.b64decode(kvs[0].get("value", "")).decode("utf-8", errors="replace") if kvs else None
         if got != value:
-            return "etcd get returned %r, expected %r" % (got, value)
-        return None
+            return "etcd get returned %r, expected %r" % (got, value), alt
+        return None, alt
 
     def etcd_cleanup(self):
         """Delete the probe keys: one bounded attempt per endpoint that answered at least once."""
@@ -543,18 +683,19 @@ class Probe:
             if not self.budget.take():
                 break
             seq += 1
+            alt = False
             try:
                 if kind == "old":
-                    err = self.old_once(endpoint)
+                    err, alt = self.old_once(endpoint)
                 elif kind == "current":
-                    err = self.current_once(endpoint)
+                    err, alt = self.current_once(endpoint)
                 else:
-                    err = self.etcd_once(endpoint, index, seq)
+                    err, alt = self.etcd_once(endpoint, index, seq)
             except (OSError, ssl.SSLError, ValueError, subprocess.SubprocessError) as exc:
                 err = error_text(exc)
             except Exception as exc:  # pylint: disable=broad-exception-caught
                 err = "unexpected " + error_text(exc)
-            self.stats.record(kind, endpoint.label, err)
+            self.stats.record(kind, endpoint.label, err, alt)
             self.budget.stop.wait(self.args.interval)
 
     def run(self, out):
@@ -607,8 +748,9 @@ class Probe:
         with self.stats.lock:
             for (kind, target) in self.stats.order:
                 row = dict(self.stats.totals[(kind, target)])
-                entry = kinds.setdefault(kind, {"ok": 0, "fail": 0, "requests": 0, "targets": {}})
+                entry = kinds.setdefault(kind, {"ok": 0, "fail": 0, "requests": 0, "ok_alt_chain": 0, "targets": {}})
                 entry["ok"] += row["ok"]
+                entry["ok_alt_chain"] += row["ok_alt_chain"]
                 entry["fail"] += row["fail"]
                 entry["requests"] += row["ok"] + row["fail"]
                 row["requests"] = row["ok"] + row["fail"]
@@ -643,6 +785,7 @@ class Probe:
             "current_reload_errors": self.current.reload_errors if self.current else 0,
             "current_last_reload_error": self.current.last_reload_error if self.current else None,
             "etcd_mode": self.args.etcd_mode if self.etcd else None,
+            "alt_chains": ALT_CHAINS_SUPPORTED and not self.args.openssl_only,
             "stuck_threads": stuck,
             "settings": {"interval": self.args.interval, "duration": self.args.duration, "max_requests": self.args.max_requests,
                          "timeout": self.timeout, "targets": [e.label for e in self.targets], "etcd_endpoints": [e.label for e in self.etcd],
@@ -656,7 +799,8 @@ def summary_line(summary):
     for kind in KINDS:
         entry = summary["kinds"].get(kind)
         if entry:
-            parts.append("%s %d ok/%d fail" % (kind, entry["ok"], entry["fail"]))
+            alt = " (%d via another chain)" % entry["ok_alt_chain"] if entry.get("ok_alt_chain") else ""
+            parts.append("%s %d ok%s/%d fail" % (kind, entry["ok"], alt, entry["fail"]))
     line = "probe: %s in %.1fs (stop: %s), %d requests, %d failures" % (
         ", ".join(parts), summary["duration"], summary["stop_reason"], summary["requests"], summary["failures"])
     if summary.get("first_failure"):
@@ -686,6 +830,8 @@ def add_run_options(parser):
     parser.add_argument("--path", help="HTTP path (default /readyz with a client certificate, else /cacerts)")
     parser.add_argument("--server-name", help="name to verify and send as SNI instead of the target host")
     parser.add_argument("--no-check-hostname", action="store_true", help="verify the chain only, not the name")
+    parser.add_argument("--openssl-only", action="store_true",
+                        help="verify like an OpenSSL client: no Go-style retry over other paths through the certificates the server sent")
     parser.add_argument("--no-partial-chain", action="store_true",
                         help="require a self-signed trust anchor (default: any CA in the trust file anchors, as in Go clients)")
     parser.add_argument("--etcd-endpoints", default="", help="comma list of https://ip:2379 etcd client URLs")
@@ -742,7 +888,14 @@ def cmd_run(args, argv):
     for name in (STOP_FILE, SUMMARY_FILE):
         if os.path.exists(os.path.join(out, name)):
             os.unlink(os.path.join(out, name))
-    probe = Probe(args)
+    try:
+        probe = Probe(args)
+    except ProbeError:
+        remove_snapshot(out)
+        raise
+    if not ALT_CHAINS_SUPPORTED and not args.openssl_only:
+        print("probe: warning: Python %d.%d cannot read the presented chain: verifying like OpenSSL, not like Go (see --openssl-only)"
+              % sys.version_info[:2], file=sys.stderr, flush=True)
     pid_path = os.path.join(out, PID_FILE)
     with open(pid_path, "w", encoding="ascii") as handle:
         handle.write("%d\n" % os.getpid())
@@ -757,6 +910,7 @@ def cmd_run(args, argv):
         summary = probe.run(out)
         write_json(os.path.join(out, SUMMARY_FILE), summary)
     finally:
+        probe.cleanup()
         try:
             if read_bytes(pid_path).strip() == str(os.getpid()).encode():
                 os.unlink(pid_path)

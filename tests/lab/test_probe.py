@@ -133,6 +133,10 @@ def pki(tmp_path_factory):
     }
     # what a rotated server sends: leaf + new intermediate + cross-signed new root
     certs["chain_new"] = pki.bundle("chain-new", certs["leaf_new"][0], intermediate[0], xsigned[0])
+    # what k3s sends: leaf + the whole server-ca.crt bundle (intermediate, self-signed root, cross-signed root, old root)
+    certs["chain_k3s"] = pki.bundle("chain-k3s", certs["leaf_new"][0], intermediate[0], ssigned[0], xsigned[0], old[0])
+    # a rotation that forgot the cross-signature
+    certs["chain_not_cross"] = pki.bundle("chain-not-cross", certs["leaf_new"][0], intermediate[0], ssigned[0])
     certs["pki"] = pki
     return certs
 
@@ -344,10 +348,33 @@ def test_rotation_old_client_survives_cross_signed_and_current_follows_file(pki,
     assert summary["failures"] == total_fail > 0
     assert summary["requests"] == total_ok + total_fail
     assert summary["first_failure"]["t"] >= t_unrelated - 0.02
-    assert set(lines[0]) == {"t", "elapsed", "kind", "target", "ok", "fail", "last_error"}
+    assert set(lines[0]) == {"t", "elapsed", "kind", "target", "ok", "fail", "last_error", "ok_alt_chain"}
     # exit codes for a playbook's assertion
     assert probe("summary", "--out", out, "--fail-on", "old").returncode == 1
     assert probe("summary", "--out", out).returncode == 0
+
+
+@pytest.mark.skipif(sys.version_info < (3, 10), reason="the presented chain is readable from Python 3.10 on")
+def test_old_client_builds_paths_like_go(pki, servers, tmp_path):
+    """OpenSSL takes the self-signed new root the server sends and fails; Go (and the probe) find the cross-signed path."""
+    k3s_order = servers((pki["chain_k3s"], pki["leaf_new"][1]))
+    not_cross = servers((pki["chain_not_cross"], pki["leaf_new"][1]))
+    target_k3s, target_not_cross = ("127.0.0.1:%d" % srv.server_address[1] for srv in (k3s_order, not_cross))
+    common = ["--targets", "%s,%s" % (target_k3s, target_not_cross), "--old-ca", pki["old"][0], "--current-ca-file", pki["old"][0],
+              *client_args(pki), "--interval", "0.05", "--max-requests", "16", "--duration", "20"]
+    result = probe("run", *common, "--out", tmp_path / "go")
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = read_summary(str(tmp_path / "go"))
+    for kind in ("old", "current"):
+        good, bad = summary["kinds"][kind]["targets"][target_k3s], summary["kinds"][kind]["targets"][target_not_cross]
+        assert good["fail"] == 0 and good["ok"] >= 2 and good["ok_alt_chain"] == good["ok"], good
+        assert bad["ok"] == 0 and bad["fail"] >= 2, bad
+        assert "self-signed certificate in certificate chain" in bad["last_error"], bad
+    assert "via another chain" in result.stdout
+    result = probe("run", *common, "--out", tmp_path / "openssl", "--openssl-only")
+    assert result.returncode == 0, result.stdout + result.stderr
+    good = read_summary(str(tmp_path / "openssl"))["kinds"]["old"]["targets"][target_k3s]
+    assert good["ok"] == 0 and "self-signed certificate in certificate chain" in good["last_error"], good
 
 
 def test_stops_at_duration_and_counts_refused_connections(pki, servers, tmp_path):
