@@ -179,14 +179,15 @@ def _ec_key(openssl, path: str, key_format: str) -> str:
     return path
 
 
-def build_custom_chain(openssl, tls: str, work: str) -> None:
+def build_custom_chain(openssl, tls: str, work: str, inter_pathlen=None) -> None:
     """RSA root (PKCS#8) -> RSA intermediate (PKCS#1) -> EC cluster CAs (SEC1 / PKCS#8), one key per file."""
     os.makedirs(os.path.join(tls, "etcd"))
     os.makedirs(work)
     root, root_key = openssl.self_signed_ca(work, "root", cn="custom-root-ca", key_type="rsa", days=7300)
     inter_key = openssl.genkey(os.path.join(work, "inter.pkcs8.key"), "rsa")
+    inter_ext = V3_CA if inter_pathlen is None else V3_CA.replace("CA:true", "CA:true,pathlen:%d" % inter_pathlen)
     inter, _inter_key = openssl.sign(work, "inter", inter_key, cn="custom-intermediate-ca", issuer_cert=root,
-                                     issuer_key=root_key, days=5000, extensions=V3_CA)
+                                     issuer_key=root_key, days=5000, extensions=inter_ext)
     shutil.copyfile(root, os.path.join(tls, "root-ca.pem"))
     shutil.copyfile(inter, os.path.join(tls, "intermediate-ca.pem"))
     openssl("rsa", "-traditional", "-in", inter_key, "-out", os.path.join(tls, "intermediate-ca.key"))  # PKCS#1
@@ -201,6 +202,19 @@ def build_custom_chain(openssl, tls: str, work: str) -> None:
     os.chmod(service, 0o600)
 
 
+def script_rotate(openssl, work: str, live: str, ca: str, stamp: int) -> tuple:
+    """One CA of rotate-default-ca-certs.sh: (new CA, self-signed new root, cross-signed root, CA key, root key)."""
+    stem = ca.replace("/", "-")
+    current_cert, current_key = os.path.join(live, ca + ".crt"), os.path.join(live, ca + ".key")
+    root_cn = "k3s-%s-root@%d" % (stem, stamp)
+    root, root_key = openssl.self_signed_ca(work, stem + "-root-ssigned", cn=root_cn, days=7300)
+    cross, _root_key = openssl.sub_ca(work, stem + "-root-xsigned", cn=root_cn, issuer_cert=current_cert,
+                                      issuer_key=current_key, key=root_key, days=2900)
+    new_ca, new_key = openssl.sub_ca(work, stem + "-ca", cn="k3s-%s-ca@%d" % (stem, stamp), issuer_cert=root,
+                                     issuer_key=root_key, days=2900)
+    return new_ca, root, cross, new_key, root_key
+
+
 def build_script_sets(openssl, lab_base: str, live: str) -> None:
     """rotate-default-ca-certs.sh (section 4) with the openssl CLI for every CA of ``live``: ``openssl_cross``;
     the same without the cross-signed roots: ``openssl_no_cross``; ``openssl_cross`` whose server-ca.key is the
@@ -212,14 +226,8 @@ def build_script_sets(openssl, lab_base: str, live: str) -> None:
     os.makedirs(work)
     stamp = int(time.time())
     for ca in CAS:
-        stem = ca.replace("/", "-")
-        current_cert, current_key = os.path.join(live, ca + ".crt"), os.path.join(live, ca + ".key")
-        root_cn = "k3s-%s-root@%d" % (stem, stamp)
-        root, root_key = openssl.self_signed_ca(work, stem + "-root-ssigned", cn=root_cn, days=7300)
-        cross, _root_key = openssl.sub_ca(work, stem + "-root-xsigned", cn=root_cn, issuer_cert=current_cert,
-                                          issuer_key=current_key, key=root_key, days=3000)
-        new_ca, new_key = openssl.sub_ca(work, stem + "-ca", cn="k3s-%s-ca@%d" % (stem, stamp), issuer_cert=root,
-                                         issuer_key=root_key, days=3000)
+        new_ca, root, cross, new_key, root_key = script_rotate(openssl, work, live, ca, stamp)
+        current_cert = os.path.join(live, ca + ".crt")
         concat(os.path.join(stage["openssl_cross"], ca + ".crt"), new_ca, root, cross, current_cert)
         concat(os.path.join(stage["openssl_no_cross"], ca + ".crt"), new_ca, root, current_cert)
         for name in HAND_MADE:
@@ -244,7 +252,7 @@ class Lab:
     def __init__(self, base: str) -> None:
         self.base = base
         self.live = {name: os.path.join(base, name, "server", "tls")
-                     for name in ("default", "custom", "rotated", "script_loaded")}
+                     for name in ("default", "custom", "rotated", "script_loaded", "custom_pathlen")}
         self.nested_live = os.path.join(base, "nested", "tls", "k3s", "server", "tls")
         self.results = {}
         self.digests = {}
@@ -299,6 +307,17 @@ def lab(tmp_path_factory, openssl):
     # a stale staging dir (another cluster's files) that a check-mode run must leave alone
     shutil.copytree(the_lab.live["custom"], the_lab.stage_tls("check_stale"))
     build_script_sets(openssl, base, the_lab.live["default"])
+    # a custom chain whose intermediate has pathlen:1 (valid as is: one CA below it), and the upstream script's
+    # server-ca set on it, made with openssl: the cross-signed path puts THREE CAs below that intermediate
+    pathlen_live = the_lab.live["custom_pathlen"]
+    build_custom_chain(openssl, pathlen_live, os.path.join(base, "custom-pathlen-work"), inter_pathlen=1)
+    new_ca, root, cross, new_key, root_key = script_rotate(openssl, os.path.join(base, "custom-pathlen-work"),
+                                                           pathlen_live, "server-ca", int(time.time()))
+    os.makedirs(the_lab.stage_tls("openssl_pathlen"))
+    concat(os.path.join(the_lab.stage_tls("openssl_pathlen"), "server-ca.crt"), new_ca, root, cross,
+           os.path.join(pathlen_live, "server-ca.crt"))
+    write_text(os.path.join(the_lab.stage_tls("openssl_pathlen"), "server-ca.key"),
+               read_text(new_key) + read_text(root_key), 0o600)
     # a cluster rotated once by upstream's script (PKCS#8 keys, AKI == SKI roots), loaded: rotate it again
     shutil.copytree(the_lab.live["default"], the_lab.live["script_loaded"])
     shutil.copytree(the_lab.stage_tls("openssl_cross"), the_lab.live["script_loaded"], dirs_exist_ok=True)
@@ -330,6 +349,13 @@ def lab(tmp_path_factory, openssl):
         rotation("already loaded", "cross_rotated", staging_path=the_lab.stage("cross_default")),
         rotation("cross_rotated", "cross_rotated"),
         rotation("cross_script", "cross_script"),
+        rotation("cross_pathlen", "cross_custom", current_path=pathlen_live,
+                 staging_path=os.path.join(base, "stage", "cross_pathlen")),
+        {"name": "verify openssl_pathlen", "kubepki.certs.ca_verify": {
+            "current_path": pathlen_live, "staging_path": the_lab.stage("openssl_pathlen"), "distribution": "k3s"}},
+        # an operator staged cross_sign, then switches to renew with the same staging path
+        rotation("renew_over_cross prep", "cross_custom", staging_path=the_lab.stage("renew_over_cross")),
+        rotation("renew_over_cross", "renew_custom", staging_path=the_lab.stage("renew_over_cross")),
     ]
     for name in tuple(ALL_SETS) + HAND_MADE:
         tasks.append({"name": "verify " + name, "kubepki.certs.ca_verify": _verify(the_lab, name)})
@@ -666,6 +692,48 @@ def test_go_agrees_on_script_sets(lab, name, ca, go_verifier, openssl, tmp_path)
     assert check["ok"] is expected, check
 
 
+def test_ca_verify_and_go_refuse_pathlen_broken_cross_sign(lab, go_verifier, openssl, tmp_path):
+    """A cross-signed server-ca (upstream's algorithm, openssl) under an intermediate with pathlen:1: k3s's
+    validateCA rule fails in Go ("too many intermediates for path length constraint") and ca_verify says so."""
+    live = lab.live["custom_pathlen"]
+    stage_tls = lab.stage_tls("openssl_pathlen")
+    work = str(tmp_path)
+    old = split_bundle(os.path.join(live, "server-ca.crt"), work, "old")
+    new = split_bundle(os.path.join(stage_tls, "server-ca.crt"), work, "new")
+    roots = [c for c in old if cert_info(openssl, c)["aki"] in (None, cert_info(openssl, c)["ski"])]
+    intermediates = [c for c in old if c not in roots] + [c for c in new[1:] if cert_info(openssl, c)["aki"]]
+    result = go_verifier.verify(new[0], roots=concat(os.path.join(work, "roots.pem"), *roots),
+                                intermediates=concat(os.path.join(work, "inter.pem"), *intermediates), usage="server")
+    assert not go_ok(result) and "path length" in result.stderr, go_detail(result)
+    verdict = lab.result("verify openssl_pathlen")
+    assert verdict.get("failed"), "ca_verify accepted a set k3s's validateCA rejects"
+    assert ("server-ca", "chains_to_current_root") in {(c["ca"], c["check"]) for c in verdict["failed_checks"]}
+
+
+@pytest.mark.xfail(strict=True, reason="DEFECT: ca_rotation cross_sign checks the pathlen of the current CA only, not of "
+                   "the CAs above it: under an intermediate with pathlen:1 it stages (changed, no warning) a set whose "
+                   "new CA k3s rotate-ca's validateCA rejects (Go: too many intermediates for path length constraint); "
+                   "ca_verify catches it afterwards")
+def test_cross_sign_refuses_pathlen_constrained_ancestor(lab):
+    result = lab.result("cross_pathlen")
+    assert result.get("failed"), "ca_rotation staged a cross-signed set k3s's validateCA rejects: %s" % (
+        [c["bundle_length"] for c in result.get("cas", [])])
+    assert not os.path.exists(os.path.join(lab.base, "stage", "cross_pathlen"))
+
+
+@pytest.mark.xfail(strict=True, reason="DEFECT: mode renew into a staging dir holding an earlier cross_sign set keeps "
+                   "the cross-signed set (compare-then-act ignores the mode for renew): changed=false, mode renew, but "
+                   "the staged bundles are cross-signed and the token changes (token_changes true)")
+def test_renew_replaces_a_cross_signed_staging_set(lab, go_verifier):
+    lab.ok("renew_over_cross prep")
+    result = lab.ok("renew_over_cross")
+    staged = os.path.join(lab.stage_tls("renew_over_cross"), "server-ca.crt")
+    live = os.path.join(lab.live["custom"], "server-ca.crt")
+    assert result["token_changes"] is False, result["cas"]
+    assert go_verifier.hashca(staged) == go_verifier.hashca(live)
+    assert len(pem_certs(staged)) == 3
+
+
 # ---------------------------------------------------------------------------------------------------
 # idempotence and safety at module level
 def test_idempotence_check_mode_and_refusals(lab):
@@ -692,7 +760,7 @@ def test_idempotence_check_mode_and_refusals(lab):
     assert sorted(os.listdir(os.path.join(lab.base, "nested"))) == ["tls"]
     # the live dirs never change; the "rotated" one holds exactly the loaded set (cross_rotated wrote nothing there)
     start, end = lab.digests["start"], lab.digests["end"]
-    for live in ("default", "custom", "nested", "script_loaded"):
+    for live in ("default", "custom", "nested", "script_loaded", "custom_pathlen"):
         assert end[live] == start[live], "live dir %s changed" % live
     loaded_files = {k: v for k, v in tree_digest(lab.stage_tls("cross_default")).items() if not k.endswith("/")}
     expected = dict(start["rotated"], **loaded_files)
