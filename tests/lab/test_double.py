@@ -34,6 +34,12 @@ subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid:always
 basicConstraints = critical, CA:true
 keyUsage = critical, digitalSignature, keyEncipherment, keyCertSign
+[v3_ca_client_only]
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid:always
+basicConstraints = critical, CA:true
+keyUsage = critical, digitalSignature, keyEncipherment, keyCertSign
+extendedKeyUsage = clientAuth
 """
 MISSING = [tool for tool in ("etcd", "etcdctl", "openssl") if shutil.which(tool) is None]
 
@@ -176,15 +182,24 @@ class Lab:
             node.service("stop")
 
 
+def diagnostics(node):
+    etcd_log = os.path.join(node.data, "lab", "etcd.log")
+    tail = ""
+    if os.path.exists(etcd_log):
+        with open(etcd_log, encoding="utf-8", errors="replace") as handle:
+            tail = "".join(handle.readlines()[-15:])
+    return "%s\n--- etcd.log tail:\n%s" % (node.read_log()[-3000:], tail)
+
+
 def started(node, env=None):
     result = node.service("start", env=env)
-    assert result.returncode == 0, "%s: %s%s\n%s" % (node.name, result.stdout, result.stderr, node.read_log()[-3000:])
+    assert result.returncode == 0, "%s: %s%s\n%s" % (node.name, result.stdout, result.stderr, diagnostics(node))
     return result
 
 
 def restarted(node):
     result = node.service("restart")
-    assert result.returncode == 0, "%s: %s%s\n%s" % (node.name, result.stdout, result.stderr, node.read_log()[-3000:])
+    assert result.returncode == 0, "%s: %s%s\n%s" % (node.name, result.stdout, result.stderr, diagnostics(node))
 
 
 def get_nodes(server):
@@ -213,6 +228,37 @@ def etcdctl(node, *args, cert=True):
     # etcdctl prints "endpoint health" results on stderr: merge the streams.
     return subprocess.run(cmd + list(args), check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=30,
                           env=dict(os.environ, ETCDCTL_API="3"))
+
+
+def make_ca(work, name, issuer=None, ext="v3_ca", key_type="ec"):
+    """openssl CA: returns (crt, key); self-signed when ``issuer`` is None, else signed by issuer=(crt, key)."""
+    conf = os.path.join(work, "v3.cnf")
+    if not os.path.exists(conf):
+        with open(conf, "w", encoding="utf-8") as handle:
+            handle.write(V3_CA)
+    crt, key = os.path.join(work, name + ".pem"), os.path.join(work, name + ".key")
+    if key_type == "rsa":
+        openssl("genrsa", "-traditional", "-out", key, "2048")
+    else:
+        openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", key)
+    subj = "/CN=%s@%d" % (name, int(time.time()))
+    if issuer is None:
+        openssl("req", "-x509", "-new", "-key", key, "-sha256", "-days", "3650", "-subj", subj, "-config", conf, "-extensions", ext, "-out", crt)
+    else:
+        csr = os.path.join(work, name + ".csr")
+        openssl("req", "-new", "-key", key, "-subj", subj, "-config", conf, "-out", csr)
+        openssl("x509", "-req", "-in", csr, "-CA", issuer[0], "-CAkey", issuer[1], "-set_serial", "0x%x" % random.getrandbits(63), "-days", "3650",
+                "-sha256", "-extfile", conf, "-extensions", ext, "-out", crt)
+    return crt, key
+
+
+def concat(target, *parts):
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    with open(target, "wb") as out:
+        for part in parts:
+            with open(part, "rb") as handle:
+                out.write(handle.read())
+    return target
 
 
 def stage_rotation(server, stage, product="k3s", cross_signed=True, keep_service_key=True, types=CA_TYPES):
@@ -299,6 +345,70 @@ def test_version_is_configurable(lab):
     assert rke2.run("--version").stdout.startswith("rke2 version v1.31.6+rke2r1 (")
 
 
+def test_hash_ca_rules(lab):
+    """The double's hashCA against digests computed here with openssl (§6.2), including the raw-bytes fallbacks."""
+    work = tempfile.mkdtemp(dir=lab.base, prefix="hashca-")
+    tool = Node(lab, "hashca", "127.0.0.1")
+
+    def hash_of(path):
+        result = tool.run("lab-hash-ca", path)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    old_root = make_ca(work, "old-root")
+    assert hash_of(old_root[0]) == sha256_file(old_root[0])
+    with open(old_root[0], "rb") as handle:
+        crlf = os.path.join(work, "crlf.pem")
+        with open(crlf, "wb") as out:
+            out.write(handle.read().replace(b"\n", b"\r\n"))
+    assert hash_of(crlf) == sha256_file(crlf) != sha256_file(old_root[0])
+    # custom chain (generate-custom-ca-certs.sh shape): sha256 of the root's DER
+    root = make_ca(work, "root", key_type="rsa")
+    inter = make_ca(work, "intermediate", issuer=root, key_type="rsa")
+    leaf_ca = make_ca(work, "server-ca", issuer=inter)
+    bundle = concat(os.path.join(work, "custom.crt"), leaf_ca[0], inter[0], root[0])
+    assert hash_of(bundle) == der_sha256(root[0])
+    # cross-signed rotation bundle: the new self-signed root wins over the path through the old root
+    new_root = make_ca(work, "new-root")
+    xsigned = os.path.join(work, "new-root-xsigned.pem")
+    csr = os.path.join(work, "x.csr")
+    openssl("req", "-new", "-key", new_root[1], "-subj", subject_line(new_root[0]), "-config", os.path.join(work, "v3.cnf"), "-out", csr)
+    openssl("x509", "-req", "-in", csr, "-CA", old_root[0], "-CAkey", old_root[1], "-set_serial", "7", "-days", "3650", "-sha256",
+            "-extfile", os.path.join(work, "v3.cnf"), "-extensions", "v3_ca", "-out", xsigned)
+    new_ca = make_ca(work, "new-ca", issuer=new_root)
+    cross = concat(os.path.join(work, "cross.crt"), new_ca[0], new_root[0], xsigned, old_root[0])
+    assert hash_of(cross) == der_sha256(new_root[0])
+    # fallbacks to the raw bytes: the first cert does not chain inside the bundle, or a CA carries EKU clientAuth only
+    unrelated = concat(os.path.join(work, "unrelated.crt"), new_ca[0], old_root[0])
+    assert hash_of(unrelated) == sha256_file(unrelated)
+    client_only = make_ca(work, "client-only-inter", issuer=root, ext="v3_ca_client_only", key_type="rsa")
+    eku_bundle = concat(os.path.join(work, "eku.crt"), make_ca(work, "under-eku", issuer=client_only)[0], client_only[0], root[0])
+    assert hash_of(eku_bundle) == sha256_file(eku_bundle)
+
+
+def subject_line(pem_path):
+    return "/" + openssl("x509", "-in", pem_path, "-noout", "-subject", "-nameopt", "compat").split("=", 1)[1].strip().lstrip("/")
+
+
+def test_custom_ca_first_start(lab):
+    """CA files placed in server/tls before the first start (generate-custom-ca-certs.sh) are kept; token hash = root DER."""
+    server = lab.node("custom1")
+    server.config(**{"cluster-init": True, "lab-datastore": os.path.join(lab.base, "datastore-custom")})
+    work = tempfile.mkdtemp(dir=lab.base, prefix="custom-")
+    root = make_ca(work, "k3s-root-ca", key_type="rsa")
+    inter = make_ca(work, "k3s-intermediate-ca", issuer=root, key_type="rsa")
+    for ca_type in CA_TYPES:
+        crt, key = make_ca(work, "k3s-%s-ca" % ca_type.replace("/", "-"), issuer=inter)
+        concat(os.path.join(server.tls, ca_type + "-ca.crt"), crt, inter[0], root[0])
+        concat(os.path.join(server.tls, ca_type + "-ca.key"), key)
+    before = sha256_file(os.path.join(server.tls, "server-ca.crt"))
+    started(server)
+    assert sha256_file(os.path.join(server.tls, "server-ca.crt")) == before
+    assert server.token().startswith("K10%s::server:" % der_sha256(root[0]))
+    assert server.run("kubectl", "get", "--raw", "/readyz").stdout == "ok"
+    server.service("stop")
+
+
 def test_server_initialises_token_and_cacerts(cluster):
     server1 = cluster["server1"]
     ca = os.path.join(server1.tls, "server-ca.crt")
@@ -346,6 +456,16 @@ def test_etcd_members_talk_tls_with_lab_certs(cluster):
     assert refused.returncode != 0
 
 
+def test_join_with_another_password_fails(lab, cluster):
+    server1 = cluster["server1"]
+    intruder = lab.node("server3")
+    token = server1.token()
+    intruder.config(server=server1.url(), token=token.split("::", 1)[0] + "::server:not-the-password")
+    result = intruder.service("start")
+    assert result.returncode != 0
+    assert "bootstrap data already found and encrypted with different token" in intruder.read_log()
+
+
 def test_agent_token_hash_gate(lab, cluster):
     server1 = cluster["server1"]
     agent = lab.node("agent1", role="agent")
@@ -370,10 +490,29 @@ def test_agent_token_hash_gate(lab, cluster):
     assert agent.service("status").returncode == 0
     wait_ready(server1, "agent1")
     nodes = get_nodes(server1)
-    assert nodes == {"server1": "True", "server2": "True", "agent1": "True"}
+    assert nodes["agent1"] == nodes["server1"] == nodes["server2"] == "True"
     for fname in ("client-ca.crt", "server-ca.crt"):
         assert sha256_file(os.path.join(agent.data, "agent", fname)) == sha256_file(os.path.join(server1.tls, fname))
     assert issuer_cn(os.path.join(agent.data, "agent", "client-kubelet.crt")).startswith("k3s-client-ca@")
+
+
+def test_unit_execstart_token_beats_env_and_config(lab, cluster):
+    """--token in the unit's ExecStart wins over K3S_TOKEN in the env file, which wins over config.yaml."""
+    server1 = cluster["server1"]
+    agent = lab.node("agent2", role="agent")
+    good = server1.token()
+    wrong = "K10%s::%s" % ("1" * 64, good.split("::", 1)[1])
+    agent.config(server=server1.url(), token=wrong)
+    unit_dir = os.path.join(agent.root, "etc/systemd/system")
+    os.makedirs(unit_dir, exist_ok=True)
+    with open(os.path.join(unit_dir, "k3s-agent.service.env"), "w", encoding="utf-8") as handle:
+        handle.write("K3S_TOKEN=%s\n" % wrong)
+    with open(os.path.join(unit_dir, "k3s-agent.service"), "w", encoding="utf-8") as handle:
+        handle.write("[Service]\nType=notify\nExecStart=/usr/local/bin/k3s \\\n    agent \\\n    '--token' \\\n    '%s' \\\n\n" % good)
+    started(agent)
+    wait_ready(server1, "agent2")
+    assert agent.service("stop").returncode == 0
+    wait_ready(server1, "agent2", want="Unknown")
 
 
 def rotate_ca(server, stage, force=False):

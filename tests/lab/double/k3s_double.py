@@ -687,7 +687,7 @@ def load_config_files(path):
         with open(file_path, encoding="utf-8") as handle:
             data = yaml.safe_load(handle) or {}
         if not isinstance(data, dict):
-            raise Fatal("%s: not a mapping" % file_path)
+            fatal("%s: not a mapping" % file_path)
         for key, value in data.items():
             if key.endswith("+"):
                 merged.setdefault(key[:-1], [])
@@ -812,7 +812,7 @@ class Datastore:
             except BlockingIOError:
                 if time.monotonic() > deadline:
                     self.handle.close()
-                    raise Fatal("datastore %s: lock not acquired within 30s" % self.path) from None
+                    fatal("datastore %s: lock not acquired within 30s" % self.path)
                 time.sleep(0.05)
 
     def __exit__(self, *exc):
@@ -833,7 +833,7 @@ class Datastore:
             return None
         mine = bootstrap_key(password)
         if mine not in raw:
-            raise Fatal("bootstrap data already found and encrypted with different token")
+            fatal("bootstrap data already found and encrypted with different token")
         if len(keys) > 1:
             warn("multiple bootstrap keys found in datastore: %s" % ", ".join(sorted(keys)))
         return json.loads(decrypt(password, raw[mine]))
@@ -1705,7 +1705,8 @@ class Etcd:
                 "--trusted-ca-file", os.path.join(self.tls, "server-ca.crt"), "--client-cert-auth",
                 "--peer-cert-file", os.path.join(self.tls, "peer-server-client.crt"), "--peer-key-file", os.path.join(self.tls, "peer-server-client.key"),
                 "--peer-trusted-ca-file", os.path.join(self.tls, "peer-ca.crt"), "--peer-client-cert-auth",
-                "--heartbeat-interval", "200", "--election-timeout", "2000"]
+                "--heartbeat-interval", str(self.server.cfg.get("lab-etcd-heartbeat-interval") or 100),
+                "--election-timeout", str(self.server.cfg.get("lab-etcd-election-timeout") or 1000)]
         if not os.path.isdir(os.path.join(self.data_dir, "member")):
             if join_url:
                 args += ["--initial-cluster", self.join(join_url), "--initial-cluster-state", "existing"]
@@ -1735,7 +1736,11 @@ class Etcd:
     def wait_healthy(self, timeout):
         deadline = time.monotonic() + timeout
         promoted = self.member_id is None
+        next_note = time.monotonic() + 5
         while time.monotonic() < deadline:
+            if time.monotonic() > next_note:
+                info("Waiting for etcd: %s" % self.last_error)
+                next_note = time.monotonic() + 5
             if self.proc.poll() is not None:
                 self.last_error = "etcd exited with %s (see etcd.log)" % self.proc.returncode
                 return False
@@ -1750,7 +1755,12 @@ class Etcd:
                     continue
             ok, why = self.healthy()
             if ok:
-                return True
+                # A just-promoted member may still refuse gRPC reads as a learner: ask it like etcdctl would.
+                result = self.ctl("https://%s:%d" % (self.server.ip, self.client_port), "endpoint", "health")
+                if result.returncode == 0:
+                    return True
+                why = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["endpoint health failed"]
+                why = why[0]
             self.last_error = why
             time.sleep(0.5)
         return False
@@ -2405,6 +2415,10 @@ def main(argv=None):
             return cmd_kubectl(flavor, args[1:])
         if args[0] == "lab-service" and len(args) >= 3 and args[1] in UNITS:
             return service_action(args[1], args[2])
+        if args[0] == "lab-hash-ca" and len(args) == 2:
+            # The double's hashCA of a file (for tests): what a server would put into its token.
+            print(hash_ca_or_empty(read_bytes(args[1])))
+            return 0
         if args[0] == "install":
             flags = parse_flags(args[1:])[0]
             for path in install(flags.get("root", "/"), flags.get("python", "/usr/bin/python3")):
