@@ -1684,9 +1684,17 @@ class Etcd:
             if self.peer_url() in member.get("peerURLs", []) or member.get("name") == self.server.node:
                 info("Removing stale etcd member %s" % member.get("name"))
                 self.ctl(endpoint, "member", "remove", "%x" % member["ID"])
-        result = self.ctl(endpoint, "member", "add", self.server.node, "--peer-urls=%s" % self.peer_url(), "--learner")
-        if result.returncode != 0:
-            fatal("etcd: member add failed: %s" % result.stderr.strip())
+        # etcd refuses reconfiguration until every member has been connected for a while ("unhealthy cluster")
+        # and allows one learner at a time: retry, bounded, as k3s retries its join.
+        while True:
+            result = self.ctl(endpoint, "member", "add", self.server.node, "--peer-urls=%s" % self.peer_url(), "--learner")
+            if result.returncode == 0:
+                break
+            reason = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "rc=%d" % result.returncode
+            if time.monotonic() > deadline:
+                fatal("etcd: member add failed: %s" % reason)
+            info("etcd: member add not accepted yet (%s); retrying" % reason)
+            time.sleep(2)
         match = re.search(r"Member ([0-9a-f]+) added", result.stdout)
         self.member_id = match.group(1) if match else None
         cluster = re.search(r'ETCD_INITIAL_CLUSTER="([^"]*)"', result.stdout)
