@@ -719,10 +719,7 @@ def test_ca_verify_and_go_refuse_pathlen_broken_cross_sign(lab, go_verifier, ope
     assert ("server-ca", "chains_to_current_root") in {(c["ca"], c["check"]) for c in verdict["failed_checks"]}
 
 
-@pytest.mark.xfail(strict=True, reason="DEFECT: ca_rotation cross_sign checks the pathlen of the current CA only, not of "
-                   "the CAs above it: under an intermediate with pathlen:1 it stages (changed, no warning) a set whose "
-                   "new CA k3s rotate-ca's validateCA rejects (Go: too many intermediates for path length constraint); "
-                   "ca_verify catches it afterwards")
+# Regression (was a defect): pathlen of the CAs above the current CA is checked before staging.
 def test_cross_sign_refuses_pathlen_constrained_ancestor(lab):
     result = lab.result("cross_pathlen")
     assert result.get("failed"), "ca_rotation staged a cross-signed set k3s's validateCA rejects: %s" % (
@@ -730,9 +727,7 @@ def test_cross_sign_refuses_pathlen_constrained_ancestor(lab):
     assert not os.path.exists(os.path.join(lab.base, "stage", "cross_pathlen"))
 
 
-@pytest.mark.xfail(strict=True, reason="DEFECT: mode renew into a staging dir holding an earlier cross_sign set keeps "
-                   "the cross-signed set (compare-then-act ignores the mode for renew): changed=false, mode renew, but "
-                   "the staged bundles are cross-signed and the token changes (token_changes true)")
+# Regression (was a defect): renew does not keep an earlier cross-signed staging set.
 def test_renew_replaces_a_cross_signed_staging_set(lab, go_verifier):
     lab.ok("renew_over_cross prep")
     result = lab.ok("renew_over_cross")

@@ -143,10 +143,14 @@ def _timestamp_cn(prefix: str, stem: str, now: datetime.datetime) -> str:
 
 def _cross_sign(entry, bundle, current_key, request: RotationRequest, prefix: str, now):
     current_ca = bundle[0]
-    limit = certs_mod.path_length(current_ca)
-    if limit is not None and limit < 2:
-        raise ChainError("the current %s has pathlen %d: a root cross-signed by it and a CA below that would not "
-                         "verify; use mode renew (custom CA) or new_root" % (entry.name, limit))
+    # The new path is new CA -> cross-signed root -> current CA -> its issuers: every current CA in the
+    # chain must allow that many CA certificates below it (the leaf does not count).
+    for depth, certificate in enumerate(bundle):
+        limit = certs_mod.path_length(certificate)
+        if certs_mod.is_ca(certificate) and limit is not None and limit < 2 + depth:
+            raise ChainError("%s: %s has pathlen %d, but a cross-signed rotation puts %d CA certificates below it, "
+                             "so the new CA would not verify; use mode renew (custom CA) or new_root"
+                             % (entry.name, certificate.subject.rfc4514_string(), limit, 2 + depth))
     root_key = keys_mod.generate_private_key(request.root_key_type)
     stem = entry.cn_stem[:-len("-ca")] if entry.cn_stem.endswith("-ca") else entry.cn_stem
     root_cn = _timestamp_cn(prefix, stem + "-root", now)
@@ -222,7 +226,8 @@ def _renew(entry, bundle, issuer, request: RotationRequest, prefix: str, now):
         ca_key, key_format=request.key_format)
 
 
-def _staged_set_satisfies(staged_bundle: bytes | None, staged_key: bytes | None, bundle, mode: str, now) -> bool:
+def _staged_set_satisfies(staged_bundle: bytes | None, staged_key: bytes | None, bundle, mode: str, now,
+                          expected_tail=None) -> bool:
     """Compare, then act: an earlier run's staged CA is kept when it still does the job."""
     if staged_bundle is None or staged_key is None:
         return False
@@ -243,8 +248,10 @@ def _staged_set_satisfies(staged_bundle: bytes | None, staged_key: bytes | None,
     if not build_chains(certificates[0], roots=roots, intermediates=intermediates, at=now, usage=None):
         return False
     if mode == "cross_sign":
-        return certificates[-len(bundle):] == list(bundle)
-    return True
+        # new CA, new root, cross-signed root, then exactly the current chain
+        return len(certificates) == len(bundle) + 3 and certificates[-len(bundle):] == list(bundle)
+    # renew: the new CA followed by exactly the issuing intermediate and what is above it
+    return expected_tail is not None and certificates[1:] == list(expected_tail)
 
 
 def plan_rotation(request: RotationRequest, *, now: datetime.datetime | None = None) -> RotationPlan:
@@ -285,7 +292,13 @@ def plan_rotation(request: RotationRequest, *, now: datetime.datetime | None = N
             bundle, _bundle_bytes, current_key = current[entry.name]
             staged_bundle = read_if_exists(os.path.join(staging_tls, entry.cert))
             staged_key = read_if_exists(os.path.join(staging_tls, entry.key))
-            if not already_loaded and _staged_set_satisfies(staged_bundle, staged_key, bundle, request.mode, now):
+            expected_tail = None
+            if issuer is not None and not issuer[3]:
+                # a renew under the existing intermediate keeps an earlier staged CA with the same tail; a
+                # renew with a new intermediate always stages anew (its intermediate is new each run)
+                expected_tail = [issuer[0]] + (list(issuer[2]) if issuer[2] else list(bundle[2:]))
+            if not already_loaded and _staged_set_satisfies(staged_bundle, staged_key, bundle, request.mode, now,
+                                                            expected_tail):
                 stage(entry.cert, staged_bundle, False)
                 stage(entry.key, staged_key, True)
                 new_first = certs_mod.load_certificates(staged_bundle, source=entry.cert)[0]
