@@ -43,8 +43,15 @@ extendedKeyUsage = clientAuth
 """
 MISSING = [tool for tool in ("etcd", "etcdctl", "openssl") if shutil.which(tool) is None]
 
+
+def _node_python_ok():
+    if not os.access(PYTHON, os.X_OK):
+        return False
+    probe = subprocess.run([PYTHON, "-c", "import cryptography, yaml"], check=False, capture_output=True, timeout=60)
+    return probe.returncode == 0
+
 pytestmark = [
-    pytest.mark.skipif(not os.access(PYTHON, os.X_OK), reason="needs Debian's /usr/bin/python3"),
+    pytest.mark.skipif(not _node_python_ok(), reason="needs Debian's /usr/bin/python3 with python3-cryptography and python3-yaml"),
     pytest.mark.skipif(bool(MISSING), reason="needs %s (Debian etcd-server, etcd-client, openssl)" % ", ".join(MISSING)),
 ]
 
@@ -676,6 +683,22 @@ def test_rke2_flavour(lab):
     result = server.run("certificate", "rotate-ca", "--path", stage, "--server", server.url())
     assert result.returncode == 0 and "certificates saved to datastore" in result.stdout, result.stderr
     assert not os.path.exists(os.path.join(server.data, "force-restart"))
+    # rke2-agent: token from /usr/local/lib/systemd/system/rke2-agent.env, supervisor URL on 9345 (restart picks up the new CA)
+    restarted(server)
+    agent = lab.node("rke2a1", program="rke2", role="agent")
+    agent.config(server=server.url())
+    env_dir = os.path.join(agent.root, "usr/local/lib/systemd/system")
+    os.makedirs(env_dir)
+    with open(os.path.join(env_dir, "rke2-agent.env"), "w", encoding="utf-8") as handle:
+        handle.write("RKE2_TOKEN=%s\n" % server.token())
+    started(agent)
+    wait_ready(server, "rke2a1")
+    assert issuer_cn(os.path.join(agent.data, "agent", "client-rke2-controller.crt")).startswith("rke2-client-ca@")
+    assert agent.service("stop").returncode == 0
+    # never both units on one node (the units' ExecCondition)
+    twin = Node(lab, "rke2s1", server.address, program="rke2", role="agent")
+    refused = twin.service("start")
+    assert refused.returncode != 0 and "refusing to start while rke2-server is active" in refused.stderr
     assert server.service("stop").returncode == 0
     assert server.run("certificate", "rotate", "--service", "rke2-controller").returncode == 0
     assert os.path.exists(os.path.join(server.data, "force-restart"))
