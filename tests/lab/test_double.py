@@ -50,6 +50,7 @@ def _node_python_ok():
     probe = subprocess.run([PYTHON, "-c", "import cryptography, yaml"], check=False, capture_output=True, timeout=60)
     return probe.returncode == 0
 
+
 pytestmark = [
     pytest.mark.skipif(not _node_python_ok(), reason="needs Debian's /usr/bin/python3 with python3-cryptography and python3-yaml"),
     pytest.mark.skipif(bool(MISSING), reason="needs %s (Debian etcd-server, etcd-client, openssl)" % ", ".join(MISSING)),
