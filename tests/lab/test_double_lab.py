@@ -4,8 +4,9 @@
 """The k3s double on the multi-node lab: real SSH hosts in network namespaces, driven by Ansible.
 
 Needs root, openssh-server and the harness tests/lab/kubepki_lab.py; skipped otherwise. Installs the
-double into /usr/local/bin + /etc/init.d on the (shared) root filesystem and removes only the files it
-created. ``ansible.builtin.service`` starts, restarts and fails the services through the init scripts.
+double into /usr/local/bin + /etc/init.d on the (shared) root filesystem (idempotent; left in place
+because other labs on this machine use the same installed double). ``ansible.builtin.service`` starts,
+restarts and fails the services through the init scripts.
 """
 
 import json
@@ -20,7 +21,6 @@ import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DOUBLE = os.path.join(HERE, "double", "k3s_double.py")
-INSTALLED = ["/usr/local/bin/k3s", "/usr/local/bin/rke2", "/etc/init.d/k3s", "/etc/init.d/k3s-agent", "/etc/init.d/rke2-server", "/etc/init.d/rke2-agent"]
 ANSIBLE = shutil.which("ansible") or os.path.join(os.path.dirname(sys.executable), "ansible")
 
 try:
@@ -66,7 +66,6 @@ def write_config(state, host, text):
 
 @pytest.fixture(scope="module")
 def lab_state():
-    created = [path for path in INSTALLED if not os.path.exists(path)]
     base = tempfile.mkdtemp(prefix="kdl-", dir="/tmp")
     try:
         state = kubepki_lab.up(base, 2, 1, name="kdbl", subnet="10.126.0.0/24", log=lambda msg: None)
@@ -80,9 +79,6 @@ def lab_state():
     finally:
         kubepki_lab.down(base, log=lambda msg: None)
         shutil.rmtree(base, ignore_errors=True)
-        for path in created:
-            if os.path.exists(path):
-                os.unlink(path)
 
 
 def test_service_module_drives_the_double_over_ssh(lab_state):
