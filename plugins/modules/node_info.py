@@ -80,6 +80,12 @@ token_ca_hash:
   description: The join-token CA hash of the live C(server-ca.crt) (servers).
   returned: always
   type: str
+server_ca_sha256:
+  description:
+    - SHA-256 of the server CA bundle the node uses now (servers C(server/tls/server-ca.crt), agents
+      C(agent/server-ca.crt), downloaded at every start). Null when absent.
+  returned: always
+  type: str
 token_locations:
   description: Files that hold a join token setting, with their kind (config, env, unit, token_file). No values.
   returned: always

@@ -54,6 +54,7 @@ import time
 # host's mount namespace. The mount points are created on the real root when missing (and removed
 # again by ``down``). Extend this tuple for more k3s/RKE2/kubeadm state (e.g. /etc/kubernetes).
 PRIVATE_DIRS = (
+    "/var/lib/kubepki",  # backups and staging of kubepki.certs: per node, as on real hosts
     "/etc/rancher",
     "/var/lib/rancher",
     "/run/k3s",

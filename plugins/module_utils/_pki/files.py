@@ -114,3 +114,29 @@ def file_mode(path: str) -> int | None:
         return stat.S_IMODE(os.stat(path).st_mode)
     except FileNotFoundError:
         return None
+
+
+def plan_backup(paths, dest_root: str) -> list:
+    """(source file, backup file) pairs for every file under ``paths`` (symlinks resolved), under ``dest_root``
+    at the source's absolute path. Missing paths are skipped."""
+    pairs = []
+    for path in paths:
+        real = os.path.realpath(path)
+        if os.path.isdir(real):
+            for base, dirs, files in os.walk(real):
+                dirs.sort()
+                for name in sorted(files):
+                    source = os.path.join(base, name)
+                    pairs.append((source, dest_root + source))
+        elif os.path.isfile(real):
+            pairs.append((real, dest_root + os.path.abspath(path)))
+    return pairs
+
+
+def copy_for_backup(pairs) -> None:
+    """Copy each pair: directories 0700, files keep their mode (private keys stay 0600), written atomically."""
+    for source, target in pairs:
+        ensure_dir(os.path.dirname(target), mode=PRIVATE_DIR_MODE)
+        with open(source, "rb") as handle:
+            data = handle.read()
+        atomic_write(target, data, mode=stat.S_IMODE(os.stat(source).st_mode))

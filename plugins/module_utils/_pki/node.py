@@ -11,6 +11,7 @@ Pure functions over the file system and over the text the binary printed; the mo
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import re
 
@@ -81,12 +82,19 @@ def describe_node(layout, *, version_text: str | None, minimum_version: str | No
         "token_locations": token_locations(layout),
         "ca_fingerprints": live_ca_fingerprints(layout) if role == "server" else {},
         "token_ca_hash": None,
+        "server_ca_sha256": None,
         "version": None,
         "version_ok": None,
     }
     server_ca = read_if_exists(layout.tls_path("server-ca.crt")) if role == "server" else None
     if server_ca is not None:
         info["token_ca_hash"] = hash_ca(server_ca)
+    # The server CA bundle this node uses now (agents download it at every start): after a rotation a
+    # node whose copy differs from the new bundle still needs its restart.
+    in_use = server_ca if role == "server" else (
+        read_if_exists(os.path.join(layout.agent_dir, "server-ca.crt")) if layout.agent_dir else None)
+    if in_use is not None:
+        info["server_ca_sha256"] = hashlib.sha256(in_use).hexdigest()
     if version_text is not None:
         parsed = parse_version(version_text)
         info["version"] = parsed["version"]
