@@ -75,7 +75,7 @@ say "4. Result"
     > "${DEMO_DIR}/after.log"
 echo "server CA per node (servers: fingerprint of server-ca; agents: the bundle they downloaded), before -> after:"
 for log in before after; do
-    grep -oE '"(server|agent)[0-9]+ \([a-z]+, [^)]*\): server-ca [0-9A-Fa-f: -]+' "${DEMO_DIR}/${log}.log" | sort -u \
+    grep -oE '"(server|agent)[0-9]+ \([a-z]+, [^)]*\): server-ca [^"]+' "${DEMO_DIR}/${log}.log" | sort -u \
         | sed -e "s/^\"/  ${log}: /"
 done
 grep -E '"Ready nodes' "${DEMO_DIR}/after.log" | sort -u
