@@ -504,6 +504,28 @@ def test_agent_token_hash_gate(lab, cluster):
     assert issuer_cn(os.path.join(agent.data, "agent", "client-kubelet.crt")).startswith("k3s-client-ca@")
 
 
+def test_agent_load_balancer_fails_over(cluster):
+    """With its server down, an agent keeps heartbeating through, and restarts via, the other servers it learned."""
+    server1, server2, agent = cluster["server1"], cluster["server2"], cluster["agent1"]
+    lb_file = os.path.join(agent.data, "agent", "etc", "k3s-agent-load-balancer.json")
+    with open(lb_file, encoding="utf-8") as handle:
+        assert "%s:6443" % server2.address in json.load(handle)["ServerAddresses"]
+    assert server1.service("stop").returncode == 0
+    try:
+        time.sleep(5)  # heartbeats every second in these tests: a fresh one now went through server2
+        with open(os.path.join(lab_datastore(server2), "nodes", "agent1.json"), encoding="utf-8") as handle:
+            assert time.time() - json.load(handle)["heartbeat"] < 3
+        restarted(agent)
+        assert "failed to get CA certs from %s" % server1.url() in agent.read_log()
+    finally:
+        started(server1)
+    wait_ready(server1, "agent1")
+
+
+def lab_datastore(node):
+    return node.lab.datastore
+
+
 def test_unit_execstart_token_beats_env_and_config(lab, cluster):
     """--token in the unit's ExecStart wins over K3S_TOKEN in the env file, which wins over config.yaml."""
     server1 = cluster["server1"]

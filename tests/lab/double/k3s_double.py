@@ -1575,7 +1575,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             except (OSError, ValueError):
                 record["created"] = record["heartbeat"]
             srv.datastore.put_node(record)
-            return self.reply(200, {"ok": True})
+            servers = [rec["supervisor"] for rec in srv.datastore.list_nodes()
+                       if rec.get("supervisor") and time.time() - rec.get("heartbeat", 0) < HEARTBEAT_STALE]
+            return self.reply(200, {"ok": True, "servers": sorted(servers)})
         if path.startswith(prefix) and path.endswith(".crt"):
             if not srv.check_basic(self.headers.get("Authorization"), ("node", "server")):
                 return self.unauthorized()
@@ -1652,7 +1654,6 @@ class Etcd:
         self.tls = os.path.join(server.tls, "etcd")
         self.proc = None
         self.last_error = ""
-        self.member_id = None
         self.join_endpoint = None
         self.client_port = int(server.cfg.get("lab-etcd-client-port") or 2379)
         self.peer_port = int(server.cfg.get("lab-etcd-peer-port") or 2380)
@@ -1684,10 +1685,12 @@ class Etcd:
             if self.peer_url() in member.get("peerURLs", []) or member.get("name") == self.server.node:
                 info("Removing stale etcd member %s" % member.get("name"))
                 self.ctl(endpoint, "member", "remove", "%x" % member["ID"])
-        # etcd refuses reconfiguration until every member has been connected for a while ("unhealthy cluster")
-        # and allows one learner at a time: retry, bounded, as k3s retries its join.
+        # etcd refuses reconfiguration until every member has been connected for a while ("unhealthy cluster"):
+        # retry, bounded, as k3s retries its join.
         while True:
-            result = self.ctl(endpoint, "member", "add", self.server.node, "--peer-urls=%s" % self.peer_url(), "--learner")
+            # A voting member, not a learner: learner promotion intermittently left the new member serving as a
+            # learner here (etcd 3.4); the lab joins one server at a time, so quorum is regained within seconds.
+            result = self.ctl(endpoint, "member", "add", self.server.node, "--peer-urls=%s" % self.peer_url())
             if result.returncode == 0:
                 break
             reason = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "rc=%d" % result.returncode
@@ -1696,7 +1699,7 @@ class Etcd:
             info("etcd: member add not accepted yet (%s); retrying" % reason)
             time.sleep(2)
         match = re.search(r"Member ([0-9a-f]+) added", result.stdout)
-        self.member_id = match.group(1) if match else None
+        info("etcd: added member %s" % (match.group(1) if match else "?"))
         cluster = re.search(r'ETCD_INITIAL_CLUSTER="([^"]*)"', result.stdout)
         return cluster.group(1) if cluster else "%s=%s" % (self.server.node, self.peer_url())
 
@@ -1743,7 +1746,6 @@ class Etcd:
 
     def wait_healthy(self, timeout):
         deadline = time.monotonic() + timeout
-        promoted = self.member_id is None
         next_note = time.monotonic() + 5
         while time.monotonic() < deadline:
             if time.monotonic() > next_note:
@@ -1752,18 +1754,9 @@ class Etcd:
             if self.proc.poll() is not None:
                 self.last_error = "etcd exited with %s (see etcd.log)" % self.proc.returncode
                 return False
-            if not promoted:
-                result = self.ctl(self.join_endpoint, "member", "promote", self.member_id)
-                if result.returncode == 0 or "not a learner" in result.stderr:
-                    promoted = True
-                    info("etcd member %s promoted" % self.member_id)
-                else:
-                    self.last_error = result.stderr.strip()
-                    time.sleep(1)
-                    continue
             ok, why = self.healthy()
             if ok:
-                # A just-promoted member may still refuse gRPC reads as a learner: ask it like etcdctl would.
+                # /health alone is not enough for a member that just joined: ask it like etcdctl would.
                 result = self.ctl("https://%s:%d" % (self.server.ip, self.client_port), "endpoint", "health")
                 if result.returncode == 0:
                     return True
@@ -1816,17 +1809,49 @@ class Agent:
         self.user = None
         self.password = None
         self.heartbeat_errors = 0
+        # Client load balancer (agent/etc/<p>-agent-load-balancer.json): the configured server first, then the
+        # servers learned from earlier heartbeats; a connection failure moves on to the next one.
+        self.lb_file = os.path.join(self.dir, "etc", "%s-agent-load-balancer.json" % self.program)
+        self.servers = [self.url]
+        if embedded is None and os.path.exists(self.lb_file):
+            try:
+                with open(self.lb_file, encoding="utf-8") as handle:
+                    stored = json.load(handle)
+                self.servers += ["https://" + addr for addr in stored.get("ServerAddresses", []) if "https://" + addr != self.url]
+            except (OSError, ValueError, AttributeError):
+                pass
+
+    def remember_servers(self, urls):
+        if self.embedded is not None or not urls:
+            return
+        known = [self.servers[0]] + [url for url in urls if url != self.servers[0]]
+        if known != self.servers:
+            self.servers = known
+            data = {"ServerURL": self.servers[0], "ServerAddresses": [urllib.parse.urlsplit(url).netloc for url in self.servers], "Listener": None}
+            atomic_write(self.lb_file, json.dumps(data), 0o600)
+
+    def failover(self):
+        if len(self.servers) > 1:
+            index = self.servers.index(self.url) if self.url in self.servers else -1
+            self.url = self.api_url = self.servers[(index + 1) % len(self.servers)]
 
     def validate(self, timeout):
         deadline = time.monotonic() + timeout
+        unreachable = 0
         while True:
             try:
                 self.cacerts, self.user, self.password = get_cacerts(self.url, self.token, "node")
                 return
             except TokenError as exc:
                 error(str(exc))
+                unreachable = 0
             except (OSError, ssl.SSLError, http.client.HTTPException) as exc:
-                error("failed to get CA certs: %s" % exc)
+                error("failed to get CA certs from %s: %s" % (self.url, exc))
+                self.failover()
+                unreachable += 1
+                if unreachable < len(self.servers):
+                    continue  # the load balancer tries the next server at once
+                unreachable = 0
             if time.monotonic() + RETRY_INTERVAL > deadline:
                 fatal("lab: giving up after %ds: agent could not validate the server's CA against the token" % timeout)
             time.sleep(RETRY_INTERVAL)
@@ -1876,6 +1901,8 @@ class Agent:
     def heartbeat(self):
         record = {"roles": ["control-plane", "etcd", "master"] if self.embedded is not None else [], "address": self.ip, "version": self.version,
                   "servingCert": read_bytes(os.path.join(self.dir, "serving-kubelet.crt")).decode()}
+        if self.embedded is not None:
+            record["supervisor"] = "https://%s:%d" % (self.ip, self.embedded.supervisor_port)
         chain = parse_certs(read_bytes(os.path.join(self.dir, "client-kubelet.crt")))
         record["clientChain"] = "".join(cert_pem(cert).decode() for cert in chain[1:])
         ctx = client_context(cafile=os.path.join(self.dir, "server-ca.crt"), cert=os.path.join(self.dir, "client-kubelet.crt"),
@@ -1885,13 +1912,16 @@ class Agent:
                                  headers={"Content-Type": "application/json"}, timeout=5)
             if status != 200:
                 raise OSError("heartbeat: %d %s" % (status, body.decode(errors="replace")[:200]))
+            self.remember_servers(json.loads(body).get("servers", []))
             if self.heartbeat_errors:
                 info("Node status update succeeded again")
             self.heartbeat_errors = 0
         except (OSError, ssl.SSLError, http.client.HTTPException) as exc:
             self.heartbeat_errors += 1
             if self.heartbeat_errors in (1, 10) or self.heartbeat_errors % 100 == 0:
-                error("Error updating node status: %s" % exc)
+                error("Error updating node status via %s: %s" % (self.api_url, exc))
+            if self.embedded is None:
+                self.failover()
 
     def heartbeat_loop(self, stopping, etcd=None):
         while not stopping.wait(HEARTBEAT_INTERVAL):
