@@ -729,3 +729,30 @@ def test_rke2_flavour(lab):
     started(server)
     assert os.path.exists(os.path.join(server.tls, "client-rke2-controller.crt"))
     server.service("stop")
+
+
+def test_etcd_judges_a_peer_ca_without_cross_signature(lab):
+    """Forced etcd peer CA rotation without a cross-signed bundle: the restarted member cannot talk to the old one."""
+    store = os.path.join(lab.base, "datastore-etcd")
+    first = lab.node("etcd1")
+    first.config(**{"cluster-init": True, "lab-datastore": store})
+    started(first)
+    second = lab.node("etcd2")
+    second.config(**{"server": first.url(), "token": first.token(), "lab-datastore": store})
+    started(second)
+    try:
+        stage = tempfile.mkdtemp(dir=lab.base, prefix="stage-etcd-")
+        stage_rotation(first, stage, cross_signed=False, types=("etcd/peer",))
+        assert rotate_ca(first, stage).returncode != 0
+        assert "ETCDPeerCA: new CA cert cannot be verified using old CA chain" in first.read_log()
+        assert rotate_ca(first, stage, force=True).returncode == 0
+        first.config(**{"cluster-init": True, "lab-datastore": store, "lab-etcd-timeout": 8})
+        result = first.service("restart")
+        assert result.returncode != 0
+        assert "etcd did not become healthy" in first.read_log()
+        with open(os.path.join(first.data, "lab", "etcd.log"), encoding="utf-8", errors="replace") as handle:
+            etcd_log = handle.read()
+        assert "certificate signed by unknown authority" in etcd_log or "bad certificate" in etcd_log, etcd_log[-3000:]
+    finally:
+        second.service("stop")
+        first.service("stop")
