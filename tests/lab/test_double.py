@@ -543,6 +543,14 @@ def test_unit_execstart_token_beats_env_and_config(lab, cluster):
     wait_ready(server1, "agent2")
     assert agent.service("stop").returncode == 0
     wait_ready(server1, "agent2", want="Unknown")
+    # openrc-style env file in /etc/rancher/k3s (private per host): K3S_URL and K3S_TOKEN from there
+    openrc = lab.node("agent3", role="agent")
+    with open(os.path.join(openrc.etc, "config.yaml"), "w", encoding="utf-8") as handle:
+        handle.write("node-name: agent3\nnode-ip: %s\n" % openrc.address)
+    with open(os.path.join(openrc.etc, "k3s-agent.env"), "w", encoding="utf-8") as handle:
+        handle.write("K3S_URL=%s\nK3S_TOKEN=\"%s\"\n" % (server1.url(), good))
+    started(openrc)
+    assert openrc.service("stop").returncode == 0
 
 
 def rotate_ca(server, stage, force=False):

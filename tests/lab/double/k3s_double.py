@@ -2218,7 +2218,9 @@ def unit_exec_args(unit, program, role):
 
 def unit_env_files(unit, program):
     if program == "k3s":
-        files = ["/etc/default/%s" % unit, "/etc/sysconfig/%s" % unit, "/etc/systemd/system/%s.service.env" % unit]
+        # systemd's EnvironmentFile order, then the openrc env file install.sh writes (/etc/rancher/k3s/<unit>.env)
+        files = ["/etc/default/%s" % unit, "/etc/sysconfig/%s" % unit, "/etc/systemd/system/%s.service.env" % unit,
+                 "/etc/rancher/k3s/%s.env" % unit]
     else:
         files = ["/etc/default/%s" % unit, "/etc/sysconfig/%s" % unit, "/usr/local/lib/systemd/system/%s.env" % unit]
     return [rooted(path) for path in files]
