@@ -51,10 +51,11 @@ def _node_python_ok():
     return probe.returncode == 0
 
 
-pytestmark = [
-    pytest.mark.skipif(not _node_python_ok(), reason="needs Debian's /usr/bin/python3 with python3-cryptography and python3-yaml"),
-    pytest.mark.skipif(bool(MISSING), reason="needs %s (Debian etcd-server, etcd-client, openssl)" % ", ".join(MISSING)),
-]
+@pytest.fixture(autouse=True, scope="module")
+def _tools_installed():
+    """scripts/bootstrap.sh installs these; a missing one fails the tests, naming the package."""
+    assert _node_python_ok(), "needs Debian's /usr/bin/python3 with python3-cryptography and python3-yaml (scripts/bootstrap.sh)"
+    assert not MISSING, "needs %s (Debian etcd-server, etcd-client, openssl; scripts/bootstrap.sh)" % ", ".join(MISSING)
 
 
 def _free_subnet():

@@ -31,13 +31,14 @@ except ImportError:  # pragma: no cover
 finally:
     sys.path.remove(HERE)
 
-pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root"),
-    pytest.mark.skipif(kubepki_lab is None, reason="tests/lab/kubepki_lab.py not importable"),
-    pytest.mark.skipif(not os.access("/usr/sbin/sshd", os.X_OK), reason="needs openssh-server"),
-    pytest.mark.skipif(not os.access(ANSIBLE, os.X_OK), reason="needs ansible"),
-    pytest.mark.skipif(shutil.which("etcd") is None, reason="needs Debian etcd-server"),
-]
+
+def _check_prerequisites():
+    """The lab's tools come from scripts/bootstrap.sh; a missing one fails the test, naming what to install."""
+    assert os.geteuid() == 0, "the lab needs root (network and mount namespaces)"
+    assert kubepki_lab is not None, "tests/lab/kubepki_lab.py is not importable"
+    assert os.access("/usr/sbin/sshd", os.X_OK), "needs Debian openssh-server (scripts/bootstrap.sh)"
+    assert os.access(ANSIBLE, os.X_OK), "needs ansible-core in the venv (scripts/bootstrap.sh)"
+    assert shutil.which("etcd") is not None, "needs Debian etcd-server (scripts/bootstrap.sh)"
 
 
 def ansible(state, pattern, module, args, forks=5):
@@ -66,12 +67,13 @@ def write_config(state, host, text):
 
 @pytest.fixture(scope="module")
 def lab_state():
+    _check_prerequisites()
     base = tempfile.mkdtemp(prefix="kdl-", dir="/tmp")
     try:
         state = kubepki_lab.up(base, 2, 1, name="kdbl", subnet="10.126.0.0/24", log=lambda msg: None)
     except kubepki_lab.LabBusy as exc:
         shutil.rmtree(base, ignore_errors=True)
-        pytest.skip("lab busy: %s" % exc)
+        pytest.fail("another lab holds kdbl/10.126.0.0/24: %s" % exc)
     try:
         subprocess.run(["/usr/bin/python3", DOUBLE, "install", "--root", "/"], check=True, capture_output=True, timeout=60)
         state["datastore"] = os.path.join(base, "datastore")
