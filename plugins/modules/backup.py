@@ -70,9 +70,11 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.files import (
-    copy_for_backup,
+    PRIVATE_DIR_MODE,
+    ensure_dir,
+    pending_backup,
     plan_backup,
-    read_if_exists,
+    write_backup,
 )
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.module_edge import run_engine
 
@@ -88,13 +90,10 @@ def main():
     paths, dest = module.params["paths"], module.params["dest"].rstrip("/")
     missing = [path for path in paths if not os.path.exists(path)]
     pairs = plan_backup(paths, dest)
-    pending = []
-    for source, target in pairs:
-        with open(source, "rb") as handle:
-            if read_if_exists(target) != handle.read():
-                pending.append((source, target))
+    pending = run_engine(module, pending_backup, pairs)
     if pending and not module.check_mode:
-        run_engine(module, copy_for_backup, pending)
+        run_engine(module, ensure_dir, dest, mode=PRIVATE_DIR_MODE)  # the backup root is private, whatever sits below
+        run_engine(module, write_backup, pending)
     module.exit_json(changed=bool(pending), dest=dest, files=len(pairs), copied=len(pending), missing=missing)
 
 

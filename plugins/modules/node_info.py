@@ -87,7 +87,9 @@ server_ca_sha256:
   returned: always
   type: str
 token_locations:
-  description: Files that hold a join token setting, with their kind (config, env, unit, token_file). No values.
+  description:
+    - Files from the layout table that hold a join token setting (or a reference to one), with their kind (config,
+      env, unit, token_file), the keys as written, and why a file cannot be rewritten (C(problem)). No values.
   returned: always
   type: list
   elements: dict

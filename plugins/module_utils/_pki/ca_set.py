@@ -104,7 +104,7 @@ class CASetPlan:
         return any(f.state != "unchanged" for f in self.files)
 
 
-def _timestamp_cn(prefix: str, stem: str, now: datetime.datetime) -> str:
+def timestamp_cn(prefix: str, stem: str, now: datetime.datetime) -> str:
     # k3s names its CAs "<program>-<stem>@<unix time>"; keep that so operators recognise them.
     return "%s-%s@%d" % (prefix, stem, int(now.timestamp()))
 
@@ -223,7 +223,7 @@ class _Planner:
                  path_len: int | None, cert_path: str, key_path: str | None) -> CAState:
         key = keys_mod.generate_private_key(key_type)
         certificate = certs_mod.build_ca_certificate(
-            subject_common_name=_timestamp_cn(self.prefix, stem, self.now),
+            subject_common_name=timestamp_cn(self.prefix, stem, self.now),
             subject_public_key=key.public_key(),
             issuer_certificate=issuer.certificate if issuer else None,
             issuer_key=issuer.key if issuer else key,

@@ -133,10 +133,19 @@ def plan_backup(paths, dest_root: str) -> list:
     return pairs
 
 
-def copy_for_backup(pairs) -> None:
-    """Copy each pair: directories 0700, files keep their mode (private keys stay 0600), written atomically."""
+def pending_backup(pairs) -> list:
+    """(target, data, mode) for each pair whose backup copy is missing or differs; each source is read once."""
+    pending = []
     for source, target in pairs:
-        ensure_dir(os.path.dirname(target), mode=PRIVATE_DIR_MODE)
         with open(source, "rb") as handle:
             data = handle.read()
-        atomic_write(target, data, mode=stat.S_IMODE(os.stat(source).st_mode))
+        if read_if_exists(target) != data:
+            pending.append((target, data, stat.S_IMODE(os.stat(source).st_mode)))
+    return pending
+
+
+def write_backup(pending) -> None:
+    """Write the copies: directories 0700, files keep their source's mode (private keys stay 0600), atomically."""
+    for target, data, mode in pending:
+        ensure_dir(os.path.dirname(target), mode=PRIVATE_DIR_MODE)
+        atomic_write(target, data, mode=mode)

@@ -10,7 +10,6 @@ Pure functions over the file system and over the text the binary printed; the mo
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import os
 import re
@@ -19,10 +18,9 @@ from ansible_collections.kubepki.certs.plugins.module_utils._pki import certs as
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.chain import hash_ca
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.errors import InvalidInputError
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.files import read_if_exists
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.tokens import token_files_on_node
 
 _VERSION = re.compile(r"\bv?(\d+)\.(\d+)\.(\d+)(?:[-+][0-9A-Za-z.+-]*)?")
-# A token assignment in any of the places a node keeps one: YAML key, env var, CLI flag, bare file.
-_TOKEN_HINT = re.compile(r"(^|\s|-)(token|agent-token)\s*[:=]|_TOKEN=|--token|--agent-token|^K10[0-9a-f]*::", re.M)
 
 
 def parse_version(text: str) -> dict:
@@ -50,25 +48,6 @@ def live_ca_fingerprints(layout) -> dict:
     return result
 
 
-def token_locations(layout) -> list:
-    """Files from the layout table that exist and hold a token setting (never the value)."""
-    candidates = []
-    for pattern in layout.config_files:
-        candidates.extend(sorted(glob.glob(pattern)) if any(ch in pattern for ch in "*?[") else [pattern])
-    candidates += list(layout.env_files) + list(layout.unit_files)
-    found = []
-    for path in candidates:
-        data = read_if_exists(path) if os.path.isfile(path) else None
-        if data is not None and _TOKEN_HINT.search(data.decode("utf-8", "replace")):
-            kind = ("config" if path in layout.config_files or path.endswith((".yaml", ".yml"))
-                    else "unit" if path.endswith(".service") else "env")
-            found.append({"path": path, "kind": kind})
-    for path in (layout.token_file, layout.agent_token_file):
-        if path and os.path.lexists(path):
-            found.append({"path": path, "kind": "token_file", "symlink": os.path.islink(path)})
-    return found
-
-
 def detect_role(layout) -> str:
     return "server" if os.path.isdir(layout.tls_dir) else "agent"
 
@@ -79,7 +58,7 @@ def describe_node(layout, *, version_text: str | None, minimum_version: str | No
         "role": role,
         "layout": layout.as_dict(),
         "service": layout.server_unit if role == "server" else layout.agent_unit,
-        "token_locations": token_locations(layout),
+        "token_locations": token_files_on_node(layout),
         "ca_fingerprints": live_ca_fingerprints(layout) if role == "server" else {},
         "token_ca_hash": None,
         "server_ca_sha256": None,

@@ -26,6 +26,7 @@ from ansible_collections.kubepki.certs.plugins.module_utils._pki import certs as
 from ansible_collections.kubepki.certs.plugins.module_utils._pki import keys as keys_mod
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.ca_set import (
     CASetRequest,
+    timestamp_cn,
     plan_ca_set,
     validate_issuing_ca,
 )
@@ -137,10 +138,6 @@ def _read_current_ca(current_path: str, entry):
     return bundle, bundle_bytes, key
 
 
-def _timestamp_cn(prefix: str, stem: str, now: datetime.datetime) -> str:
-    return "%s-%s@%d" % (prefix, stem, int(now.timestamp()))
-
-
 def _cross_sign(entry, bundle, current_key, request: RotationRequest, prefix: str, now):
     current_ca = bundle[0]
     # The new path is new CA -> cross-signed root -> current CA -> its issuers: every current CA in the
@@ -153,7 +150,7 @@ def _cross_sign(entry, bundle, current_key, request: RotationRequest, prefix: st
                              % (entry.name, certificate.subject.rfc4514_string(), limit, 2 + depth))
     root_key = keys_mod.generate_private_key(request.root_key_type)
     stem = entry.cn_stem[:-len("-ca")] if entry.cn_stem.endswith("-ca") else entry.cn_stem
-    root_cn = _timestamp_cn(prefix, stem + "-root", now)
+    root_cn = timestamp_cn(prefix, stem + "-root", now)
     self_signed = certs_mod.build_ca_certificate(subject_common_name=root_cn, subject_public_key=root_key.public_key(),
                                                  issuer_certificate=None, issuer_key=root_key,
                                                  validity_days=request.root_validity_days, now=now)
@@ -163,7 +160,7 @@ def _cross_sign(entry, bundle, current_key, request: RotationRequest, prefix: st
                                                   issuer_certificate=current_ca, issuer_key=current_key,
                                                   validity_days=request.root_validity_days, now=now)
     ca_key = keys_mod.generate_private_key(request.ca_key_type)
-    new_ca = certs_mod.build_ca_certificate(subject_common_name=_timestamp_cn(prefix, entry.cn_stem, now),
+    new_ca = certs_mod.build_ca_certificate(subject_common_name=timestamp_cn(prefix, entry.cn_stem, now),
                                             subject_public_key=ca_key.public_key(), issuer_certificate=self_signed,
                                             issuer_key=root_key, validity_days=request.ca_validity_days, now=now)
     certificates = [new_ca, self_signed, cross_signed] + list(bundle)
@@ -186,7 +183,7 @@ def _renew_issuer(request: RotationRequest, layout, now):
         validate_issuing_ca(root, source=request.root_cert, levels_below=2, now=now)
         inter_key = keys_mod.generate_private_key(request.ca_key_type)
         prefix = request.cn_prefix or layout.program
-        inter = certs_mod.build_ca_certificate(subject_common_name=_timestamp_cn(prefix, "intermediate-ca", now),
+        inter = certs_mod.build_ca_certificate(subject_common_name=timestamp_cn(prefix, "intermediate-ca", now),
                                                subject_public_key=inter_key.public_key(), issuer_certificate=root,
                                                issuer_key=root_key, validity_days=request.ca_validity_days, now=now)
         return inter, inter_key, [root], True
@@ -218,7 +215,7 @@ def _renew(entry, bundle, issuer, request: RotationRequest, prefix: str, now):
     inter, inter_key, above, _new = issuer
     current_chain_tail = bundle[1:]
     ca_key = keys_mod.generate_private_key(request.ca_key_type)
-    new_ca = certs_mod.build_ca_certificate(subject_common_name=_timestamp_cn(prefix, entry.cn_stem, now),
+    new_ca = certs_mod.build_ca_certificate(subject_common_name=timestamp_cn(prefix, entry.cn_stem, now),
                                             subject_public_key=ca_key.public_key(), issuer_certificate=inter,
                                             issuer_key=inter_key, validity_days=request.ca_validity_days, now=now)
     tail = [inter] + list(above) if above else [inter] + list(current_chain_tail[1:])

@@ -13,7 +13,6 @@ that holds the new bundle, and new/new; every key matches its cert; no validity 
 
 from __future__ import annotations
 
-import datetime
 import os
 from dataclasses import dataclass
 
@@ -130,9 +129,7 @@ def verify_staging(*, current_path: str, staging_path: str, distribution: str, n
     """Every check for every staged file. Files that are not staged are skipped, as k3s skips them."""
     if distribution not in RANCHER_DISTRIBUTIONS:
         raise InvalidInputError("ca_verify supports k3s and rke2, not %r" % distribution)
-    now = now or certs_mod.utcnow()
-    if isinstance(now, datetime.datetime):
-        now = now.replace(microsecond=0)
+    now = (now or certs_mod.utcnow()).replace(microsecond=0)
     layout = get_layout(distribution)
     staging_tls = check_staging_path(current_path, staging_path)
     results = []
