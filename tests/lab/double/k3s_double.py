@@ -946,6 +946,7 @@ class Server:
         self.etcd = None
         self.stopping = threading.Event()
         self.ready = False
+        self.sa_keys = None
         self.local_ip = "127.0.0.1" if self.bind in ("0.0.0.0", "::") else self.bind
 
     # ---- token / password
@@ -1199,6 +1200,10 @@ class Server:
             self.validate_join_token()
         self.bootstrap()
         self.ensure_leaves()
+        # kube-apiserver reads --service-account-{signing-,}key-file once at start.
+        self.sa_keys = ServiceAccountKeys.load(self.tls, self.program)
+        info("ServiceAccount tokens: signing key id %s, %d verification key(s): %s" % (
+            self.sa_keys.signing_kid, len(self.sa_keys.public_keys), ", ".join(kid for kid, _key in self.sa_keys.public_keys)))
         ca_hash = self.write_tokens()
         info("Server token written (CA hash %s)" % ca_hash)
         self.write_kubeconfigs()
@@ -1465,6 +1470,239 @@ def node_object(record, cas):
     }
 
 
+# --------------------------------------------------------------------------------------------------
+# ServiceAccount tokens (kube-apiserver's TokenRequest / TokenReview, pkg/serviceaccount/jwt.go)
+#
+# k3s runs the apiserver with --service-account-issuer=https://kubernetes.default.svc.<cluster domain>,
+# --api-audiences=<issuer>,<program>, --service-account-key-file=service.key (every key verifies) and
+# --service-account-signing-key-file=service.current.key (the first key of service.key signs). The apiserver
+# reads those files once at start; so does the double.
+
+SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
+SA_LEEWAY = 60  # go-jose jwt.DefaultLeeway
+SA_MIN_SECONDS = 600
+SA_DEFAULT_SECONDS = 3600
+DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS_SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+GO_JOSE_CRYPTO_FAILURE = "go-jose/go-jose: error in cryptographic primitive"
+
+
+def b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def b64url_decode(text):
+    """base64.RawURLEncoding: no padding allowed."""
+    if "=" in text or not re.match(r"^[A-Za-z0-9_-]*$", text) or len(text) % 4 == 1:
+        raise ValueError("illegal base64 data")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def sa_key_id(public_key):
+    """keyIDFromPublicKey: RawURLEncoding(sha256(PKIX DER of the public key))."""
+    return b64url(hashlib.sha256(pub_der(public_key)).digest())
+
+
+def go_quote_list(values):
+    """Go's %q of a []string: ["a" "b"]."""
+    return "[" + " ".join(json.dumps(str(v)) for v in values) + "]"
+
+
+def sa_uid(namespace, name):
+    """Stable uid per ServiceAccount (the double stores no ServiceAccount objects)."""
+    digest = hashlib.sha256(("serviceaccount/%s/%s" % (namespace, name)).encode()).hexdigest()
+    return "%s-%s-%s-%s-%s" % (digest[:8], digest[8:12], digest[12:16], digest[16:20], digest[20:32])
+
+
+class ServiceAccountKeys:
+    """The signing key and verification keys as the apiserver loaded them at start."""
+
+    def __init__(self, signing_key, public_keys, audiences):
+        self.signing_key = signing_key
+        self.signing_kid = sa_key_id(signing_key.public_key())
+        self.public_keys = [(sa_key_id(key), key) for key in public_keys]
+        self.audiences = list(audiences)
+
+    @classmethod
+    def load(cls, tls, program):
+        signing = parse_private_keys(read_bytes(os.path.join(tls, "service.current.key")))
+        if not signing:
+            fatal("%s: no private key" % os.path.join(tls, "service.current.key"))
+        try:
+            public = public_keys_from_pem(read_bytes(os.path.join(tls, "service.key")))
+        except ValueError as exc:
+            fatal("%s: %s" % (os.path.join(tls, "service.key"), exc))
+        return cls(signing[0], public, [SA_ISSUER, program])
+
+    def issue(self, namespace, name, audiences, seconds, now=None):
+        now = int(time.time() if now is None else now)
+        jti = sa_uid(secrets.token_hex(8), str(time.time_ns()))
+        claims = {"aud": list(audiences), "exp": now + seconds, "iat": now, "iss": SA_ISSUER, "jti": jti,
+                  "kubernetes.io": {"namespace": namespace, "serviceaccount": {"name": name, "uid": sa_uid(namespace, name)}},
+                  "nbf": now, "sub": "system:serviceaccount:%s:%s" % (namespace, name)}
+        header = b64url(json.dumps({"alg": "RS256", "kid": self.signing_kid}, separators=(",", ":")).encode())
+        payload = b64url(json.dumps(claims, sort_keys=True, separators=(",", ":")).encode())
+        signing_input = ("%s.%s" % (header, payload)).encode()
+        signature = self.signing_key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
+        return "%s.%s.%s" % (header, payload, b64url(signature)), now + seconds
+
+    def review(self, token, requested=None):
+        """jwtTokenAuthenticator.AuthenticateToken + the validator: (user, audiences) or raises ValueError(reason).
+
+        Returns None when the token is not one of ours (not a JWT, or another issuer)."""
+        token = token.strip()
+        parts = token.split(".")
+        if token.startswith("{") or len(parts) != 3:
+            return None
+        try:
+            claims = json.loads(b64url_decode(parts[1]))
+            header = json.loads(b64url_decode(parts[0]))
+            signature = b64url_decode(parts[2])
+        except (ValueError, UnicodeDecodeError):
+            return None
+        if not isinstance(claims, dict) or claims.get("iss") != SA_ISSUER or not isinstance(header, dict):
+            return None
+        kid = header.get("kid") or ""
+        keys = [key for key_id, key in self.public_keys if key_id == kid] if kid else [key for _key_id, key in self.public_keys]
+        if not keys:
+            raise ValueError("invalid signature, no keys found")
+        if header.get("alg") != "RS256":
+            raise ValueError("go-jose/go-jose: unexpected signature algorithm %r" % header.get("alg"))
+        signing_input = ("%s.%s" % (parts[0], parts[1])).encode()
+        verified = False
+        for key in keys:
+            if not isinstance(key, rsa.RSAPublicKey):
+                continue
+            try:
+                key.verify(signature, signing_input, padding.PKCS1v15(), hashes.SHA256())
+                verified = True
+                break
+            except InvalidSignature:
+                continue
+        if not verified:
+            raise ValueError(GO_JOSE_CRYPTO_FAILURE)
+        token_auds = claims.get("aud") or []
+        if isinstance(token_auds, str):
+            token_auds = [token_auds]
+        if not token_auds:
+            token_auds = list(self.audiences)
+        wanted = list(requested) if requested else list(self.audiences)
+        auds = [aud for aud in token_auds if aud in wanted]
+        if not auds:
+            raise ValueError("token audiences %s is invalid for the target audiences %s" % (go_quote_list(token_auds), go_quote_list(wanted)))
+        now = time.time()
+        for claim in ("exp", "nbf", "iat"):
+            if claim in claims and not isinstance(claims[claim], (int, float)):
+                raise ValueError("json: cannot unmarshal %s into Go struct field Claims.%s of type jwt.NumericDate" % (type(claims[claim]).__name__, claim))
+        if "exp" in claims and now - SA_LEEWAY > claims["exp"]:
+            raise ValueError("service account token has expired")
+        if "nbf" in claims and now + SA_LEEWAY < claims["nbf"]:
+            raise ValueError("service account token is not valid yet")
+        if "iat" in claims and now + SA_LEEWAY < claims["iat"]:
+            raise ValueError("service account token is issued in the future")
+        private = claims.get("kubernetes.io")
+        if not isinstance(private, dict) or not isinstance(private.get("serviceaccount"), dict):
+            raise ValueError("service account token claims could not be validated due to unexpected private claim")
+        namespace = private.get("namespace") or ""
+        name = private["serviceaccount"].get("name") or ""
+        uid = private["serviceaccount"].get("uid") or ""
+        if not namespace or not name or claims.get("sub") != "system:serviceaccount:%s:%s" % (namespace, name):
+            raise ValueError("service account token claims could not be validated due to unexpected private claim")
+        user = {"username": "system:serviceaccount:%s:%s" % (namespace, name), "uid": uid,
+                "groups": ["system:serviceaccounts", "system:serviceaccounts:%s" % namespace, "system:authenticated"]}
+        if claims.get("jti"):
+            user["extra"] = {"authentication.kubernetes.io/credential-id": ["JTI=%s" % claims["jti"]]}
+        return user, auds
+
+
+def api_status(code, reason, message, details=None):
+    body = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message, "reason": reason, "code": code}
+    if details:
+        body["details"] = details
+    return body
+
+
+def token_request(keys, namespace, name, body):
+    """POST /api/v1/namespaces/NS/serviceaccounts/NAME/token: (http code, object)."""
+    if not DNS_LABEL_RE.match(namespace) or len(namespace) > 63 or not DNS_SUBDOMAIN_RE.match(name) or len(name) > 253:
+        return 404, api_status(404, "NotFound", 'serviceaccounts "%s" not found' % name, {"name": name, "kind": "serviceaccounts"})
+    try:
+        request = json.loads(body or b"{}")
+    except ValueError as exc:
+        return 400, api_status(400, "BadRequest", "the body of the request was in an unknown format: %s" % exc)
+    spec = request.get("spec") or {}
+    seconds = spec.get("expirationSeconds")
+    seconds = SA_DEFAULT_SECONDS if seconds is None else seconds
+    invalid = None
+    if not isinstance(seconds, int) or isinstance(seconds, bool):
+        invalid = "spec.expirationSeconds: Invalid value: %s: must be an integer" % json.dumps(seconds)
+    elif seconds < SA_MIN_SECONDS:
+        invalid = "spec.expirationSeconds: Invalid value: %d: may not specify a duration less than 10 minutes" % seconds
+    elif seconds > 1 << 32:
+        invalid = "spec.expirationSeconds: Invalid value: %d: may not specify a duration larger than 2^32 seconds" % seconds
+    elif spec.get("boundObjectRef"):
+        invalid = "spec.boundObjectRef: Unsupported value: bound tokens are not modelled by the lab double"
+    if invalid:
+        return 422, api_status(422, "Invalid", 'TokenRequest.authentication.k8s.io "%s" is invalid: %s' % (name, invalid))
+    audiences = [str(a) for a in (spec.get("audiences") or keys.audiences)]
+    token, expires = keys.issue(namespace, name, audiences, seconds)
+    return 201, {"kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1",
+                 "metadata": {"name": name, "namespace": namespace, "creationTimestamp": None},
+                 "spec": {"audiences": audiences, "expirationSeconds": seconds, "boundObjectRef": None},
+                 "status": {"token": token, "expirationTimestamp": iso(datetime.datetime.fromtimestamp(expires, datetime.timezone.utc))}}
+
+
+def token_review(keys, body):
+    """POST /apis/authentication.k8s.io/v1/tokenreviews: (http code, object)."""
+    try:
+        review = json.loads(body or b"{}")
+    except ValueError as exc:
+        return 400, api_status(400, "BadRequest", "the body of the request was in an unknown format: %s" % exc)
+    spec = review.get("spec") or {}
+    token = spec.get("token") or ""
+    if not token:
+        return 400, api_status(400, "BadRequest", "token is required for TokenReview in authentication")
+    requested = [str(a) for a in (spec.get("audiences") or [])]
+    status = {"authenticated": False, "user": {}}
+    try:
+        result = keys.review(token, requested)
+    except ValueError as exc:
+        result = None
+        status["error"] = "[invalid bearer token, %s]" % exc
+    else:
+        if result is None:
+            status["error"] = "invalid bearer token"
+    if result is not None:
+        user, auds = result
+        status = {"authenticated": True, "user": user, "audiences": auds}
+    metadata = dict(review.get("metadata") or {})
+    metadata.setdefault("creationTimestamp", None)
+    return 201, {"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1", "metadata": metadata, "spec": spec, "status": status}
+
+
+def discovery(path):
+    """Legacy discovery documents (enough for kubectl's REST mapper), or None."""
+    if path == "/api":
+        return {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": ""}]}
+    group = {"name": "authentication.k8s.io", "versions": [{"groupVersion": "authentication.k8s.io/v1", "version": "v1"}],
+             "preferredVersion": {"groupVersion": "authentication.k8s.io/v1", "version": "v1"}}
+    if path == "/apis":
+        return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [group]}
+    if path == "/apis/authentication.k8s.io":
+        return dict(group, kind="APIGroup", apiVersion="v1")
+    if path == "/api/v1":
+        return {"kind": "APIResourceList", "groupVersion": "v1", "resources": [
+            {"name": "nodes", "singularName": "node", "namespaced": False, "kind": "Node", "verbs": ["get", "list"], "shortNames": ["no"]},
+            {"name": "serviceaccounts", "singularName": "serviceaccount", "namespaced": True, "kind": "ServiceAccount", "verbs": [],
+             "shortNames": ["sa"]},
+            {"name": "serviceaccounts/token", "singularName": "", "namespaced": True, "group": "authentication.k8s.io", "version": "v1",
+             "kind": "TokenRequest", "verbs": ["create"]}]}
+    if path == "/apis/authentication.k8s.io/v1":
+        return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "authentication.k8s.io/v1", "resources": [
+            {"name": "tokenreviews", "singularName": "tokenreview", "namespaced": False, "kind": "TokenReview", "verbs": ["create"]}]}
+    return None
+
+
 class TLSServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -1520,6 +1758,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
                          "code": 401})
 
     def body(self):
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            # Go clients stream bodies of unknown length (kubectl create --raw -f FILE) chunked.
+            chunks = []
+            for chunk_no in range(100000):
+                del chunk_no
+                size_line = self.rfile.readline(1024)
+                size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline(1024)
+            return b"".join(chunks)
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
@@ -1536,6 +1788,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 return self.unauthorized()
             field = "ClientCA" if path.endswith("client-ca.crt") else "ServerCA"
             return self.reply(200, read_bytes(srv.path(field)), "text/plain")
+        if discovery(path) is not None:
+            if not self.client_cn():
+                return self.unauthorized()
+            return self.reply(200, discovery(path))
         if path in ("/readyz", "/livez", "/healthz", "/version", "/api/v1/nodes") or path.startswith("/api/v1/nodes/"):
             if not self.client_cn():
                 return self.unauthorized()
@@ -1578,6 +1834,22 @@ class Handler(http.server.BaseHTTPRequestHandler):
             servers = [rec["supervisor"] for rec in srv.datastore.list_nodes()
                        if rec.get("supervisor") and time.time() - rec.get("heartbeat", 0) < HEARTBEAT_STALE]
             return self.reply(200, {"ok": True, "servers": sorted(servers)})
+        match = re.match(r"^/api/v1/namespaces/([^/]+)/serviceaccounts/([^/]+)/token$", path)
+        if match or path == "/apis/authentication.k8s.io/v1/tokenreviews":
+            if not self.client_cn():
+                return self.unauthorized()
+            if srv.sa_keys is None:
+                return self.reply(503, api_status(503, "ServiceUnavailable", "the server is starting"))
+            ctype = (self.headers.get("Content-Type") or "application/json").split(";")[0].strip()
+            body = self.body()
+            if ctype != "application/json":
+                return self.reply(415, api_status(415, "UnsupportedMediaType", "the body of the request was in an unknown format - accepted media types "
+                                                  "include: application/json (lab double)"))
+            if match:
+                code, obj = token_request(srv.sa_keys, urllib.parse.unquote(match.group(1)), urllib.parse.unquote(match.group(2)), body)
+            else:
+                code, obj = token_review(srv.sa_keys, body)
+            return self.reply(code, obj)
         if path.startswith(prefix) and path.endswith(".crt"):
             if not srv.check_basic(self.headers.get("Authorization"), ("node", "server")):
                 return self.unauthorized()
@@ -2132,20 +2404,142 @@ def load_kubeconfig(path):
     return cluster["server"], ctx
 
 
+KUBECTL_USAGE = ("lab double kubectl supports: get --raw PATH, get nodes [NAME] [-o json|wide|name], create token NAME [-n NS] [--duration D] "
+                 "[--audience A], create -f FILE [-o json|yaml|name], create --raw PATH -f FILE\n")
+
+
+def go_duration_seconds(text):
+    """time.ParseDuration for h/m/s/ms/us/ns; returns float seconds or raises ValueError."""
+    text = str(text).strip()
+    if text in ("0", ""):
+        return 0.0
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+    parts = re.findall(r"(\d+(?:\.\d*)?|\.\d+)(h|ms|m|s|us|µs|ns)", text)
+    if not parts or "".join(a + b for a, b in parts) != text.lstrip("+"):
+        raise ValueError('time: invalid duration "%s"' % text)
+    return sum(float(number) * units[unit] for number, unit in parts)
+
+
+def status_reason_message(status, body):
+    """(reason, message) of an API Status body."""
+    text = body.decode(errors="replace").strip()
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        return str(status), text
+    if not isinstance(obj, dict):
+        return str(status), text
+    return str(obj.get("reason") or status), str(obj.get("message") or text)
+
+
+def kubectl_error(status, body):
+    """Error from server (Reason): message."""
+    return "Error from server (%s): %s" % status_reason_message(status, body)
+
+
+def kubectl_print(obj, output):
+    if output == "json":
+        print(json.dumps(obj, indent=4))
+    elif output == "yaml":
+        sys.stdout.write(yaml.safe_dump(obj, default_flow_style=False))
+    else:
+        name_ = (obj.get("metadata") or {}).get("name") or "<unknown>"
+        print("%s.authentication.k8s.io/%s%s" % (obj.get("kind", "").lower(), name_, "" if output == "name" else " created"))
+
+
+def kubectl_create(server, ctx, flags, positionals):
+    """create token NAME, create -f FILE (TokenReview), create --raw PATH -f FILE."""
+    def post(path, body):
+        return https(server.rstrip("/") + path, ctx, method="POST", body=body, headers={"Content-Type": "application/json", "Accept": "application/json"},
+                     timeout=10)
+    if len(positionals) >= 2 and positionals[1] == "token":
+        if len(positionals) != 3:
+            sys.stderr.write("error: exactly one NAME is required, got %d\n" % (len(positionals) - 2))
+            return 1
+        namespace = str(flags.get("namespace") or "default")
+        spec = {"audiences": [str(a) for a in str(flags.get("audience") or "").split(",") if a] or None, "boundObjectRef": None}
+        try:
+            seconds = go_duration_seconds(flags.get("duration") or "0")
+        except ValueError as exc:
+            sys.stderr.write('error: invalid argument "%s" for "--duration" flag: %s\n' % (flags.get("duration"), exc))
+            return 1
+        if seconds != int(seconds):
+            sys.stderr.write("error: --duration cannot be expressed in units less than seconds\n")
+            return 1
+        if seconds:
+            spec["expirationSeconds"] = int(seconds)
+        body = json.dumps({"kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1", "metadata": {"creationTimestamp": None}, "spec": spec})
+        status, data = post("/api/v1/namespaces/%s/serviceaccounts/%s/token" % (urllib.parse.quote(namespace), urllib.parse.quote(positionals[2])),
+                            body.encode())
+        if status >= 300:
+            sys.stderr.write("error: failed to create token: %s\n" % status_reason_message(status, data)[1])
+            return 1
+        token = json.loads(data).get("status", {}).get("token")
+        if not token:
+            sys.stderr.write("error: failed to create token: no token in server response\n")
+            return 1
+        print(token)
+        return 0
+    filename = flags.get("filename")
+    if len(positionals) != 1 or not filename:
+        sys.stderr.write(KUBECTL_USAGE)
+        return 1
+    try:
+        if filename == "-":
+            content = sys.stdin.buffer.read()
+        else:
+            with open(filename, "rb") as handle:
+                content = handle.read()
+    except OSError as exc:
+        sys.stderr.write("error: %s\n" % exc)
+        return 1
+    if flags.get("raw"):
+        status, data = post(str(flags["raw"]), content)
+        sys.stdout.write(data.decode(errors="replace"))
+        if status >= 300:
+            sys.stderr.write("%s\n" % kubectl_error(status, data))
+            return 1
+        return 0
+    try:
+        obj = yaml.safe_load(content)
+    except yaml.YAMLError as exc:
+        sys.stderr.write("error: error parsing %s: %s\n" % (filename, exc))
+        return 1
+    if not isinstance(obj, dict) or (obj.get("apiVersion"), obj.get("kind")) != ("authentication.k8s.io/v1", "TokenReview"):
+        kind = obj.get("kind") if isinstance(obj, dict) else None
+        version = obj.get("apiVersion") if isinstance(obj, dict) else None
+        sys.stderr.write('error: resource mapping not found for name: "" namespace: "" from "%s": no matches for kind "%s" in version "%s" '
+                         "(the lab double creates only TokenReview)\n" % (filename, kind, version))
+        return 1
+    status, data = post("/apis/authentication.k8s.io/v1/tokenreviews", json.dumps(obj).encode())
+    if status >= 300:
+        sys.stderr.write("%s\n" % kubectl_error(status, data))
+        return 1
+    kubectl_print(json.loads(data), flags.get("output"))
+    return 0
+
+
 def cmd_kubectl(flavor, args):
-    flags, positionals = parse_flags(args)
+    translated = {"-n": "--namespace", "-f": "--filename"}
+    flags, positionals = parse_flags([translated.get(arg, arg) for arg in args])
     kubeconfig = flags.get("kubeconfig") or os.environ.get("KUBECONFIG")
     if not kubeconfig:
         candidates = [os.path.join(flavor.etc, "%s.yaml" % flavor.program), rooted("/var/lib/rancher/%s/server/cred/admin.kubeconfig" % flavor.program)]
         kubeconfig = next((c for c in candidates if os.path.exists(c)), candidates[0])
-    if len(positionals) < 1 or positionals[0] != "get":
-        sys.stderr.write("lab double kubectl supports: get --raw PATH, get nodes [NAME] [-o json|wide|name]\n")
+    if len(positionals) < 1 or positionals[0] not in ("get", "create"):
+        sys.stderr.write(KUBECTL_USAGE)
         return 1
     try:
         server, ctx = load_kubeconfig(kubeconfig)
     except (OSError, KeyError, IndexError, TypeError, ssl.SSLError) as exc:
         sys.stderr.write("error: loading kubeconfig %s: %s\n" % (kubeconfig, exc))
         return 1
+    if positionals[0] == "create":
+        try:
+            return kubectl_create(server, ctx, flags, positionals)
+        except (OSError, ssl.SSLError, http.client.HTTPException) as exc:
+            sys.stderr.write("Unable to connect to the server: %s\n" % exc)
+            return 1
     raw = flags.get("raw")
     path = raw if raw else "/api/v1/nodes"
     try:
@@ -2407,7 +2801,7 @@ USAGE = """usage: {p} [--version] <command>
   certificate rotate-ca --path P [--force] [--server URL]
   certificate rotate [--service S ...]
   certificate check [-o text|table|json|yaml]
-  kubectl get --raw PATH | get nodes [-o json]
+  kubectl get --raw PATH | get nodes [-o json] | create token NAME [-n NS] [--duration D] | create -f FILE [-o json]
   lab-service UNIT start|stop|restart|status   (called by /etc/init.d/UNIT)
   install [--root R] [--python /usr/bin/python3] | uninstall [--root R]
 """
