@@ -83,6 +83,6 @@ python3 - "${DEMO_DIR}/probe/summary.json" <<'PY'
 import json, sys
 summary = json.load(open(sys.argv[1]))
 for kind, totals in sorted(summary.get("kinds", summary.get("totals", {})).items()):
-    print("probe %-8s ok=%s fail=%s" % (kind, totals.get("ok"), totals.get("fail")))
+    print("probe %-8s ok=%s fail=%s failovers=%s" % (kind, totals.get("ok"), totals.get("fail"), totals.get("failovers", 0)))
 PY
 echo "rotate-ca.yml took $((end - start)) s. Logs and reports: ${DEMO_DIR}"

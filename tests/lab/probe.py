@@ -3,7 +3,7 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Traffic probe for the kubepki.certs lab: live TLS traffic during a playbook run (CA rotation).
 
-Three kinds of traffic, each in its own thread per target, until ``--duration`` has passed,
+Three kinds of traffic, each one logical client in its own thread, until ``--duration`` has passed,
 ``--max-requests`` requests were made, ``<out>/stop`` appears or SIGTERM/SIGINT arrives:
 
 ``old``
@@ -14,9 +14,19 @@ Three kinds of traffic, each in its own thread per target, until ``--duration`` 
     A client that trusts ``--current-ca-file`` and presents ``--client-cert``/``--client-key``, all
     re-read at most once per second: copy the rotated bundle there and it follows.
 ``etcd``
-    A put + get of a probe key per ``--etcd-endpoints`` entry, through etcd's v3 JSON gateway
-    (``/v3/kv/put``, ``/v3/kv/range``) over TLS with a client certificate, or with ``etcdctl``
-    (``--etcd-mode etcdctl``, bounded ``--command-timeout``). CA, cert and key files are re-read each second.
+    A put + get of a probe key through etcd's v3 JSON gateway (``/v3/kv/put``, ``/v3/kv/range``) over
+    TLS with a client certificate, or with ``etcdctl`` (``--etcd-mode etcdctl``, bounded by ``--timeout``).
+    CA, cert and key files are re-read each second.
+
+Each kind is ONE client of a HA cluster, as behind k3s's client load balancer: it talks to all targets
+(old, current) or all ``--etcd-endpoints`` (etcd), sticks to the server that answered last, and when a
+server cannot be reached moves on to the next one within the same request: each server at most once,
+all within ``--timeout``. Only connection-level failures fail over: a refused/reset/timed-out TCP dial,
+or a TLS handshake closed by the peer without an alert (a server closing its listener). Certificate
+verification failures and TLS alerts never fail over; nor does anything after the request was sent
+(HTTP 503/500 from a stopping or unready server, read timeouts): see ``failover_reason``. A request
+fails only when no server gave a good answer. Failovers are counted per kind and server, with their
+reasons, and never folded into ``ok``. ``--pin`` restores one client per kind and target (no failover).
 
 Every request opens a new TCP + TLS connection and has a short timeout (``--timeout``, 2 s).
 Clients verify like Go clients (kubectl, k3s agents, the apiserver's etcd client): any certificate of the
@@ -29,9 +39,14 @@ Traffic goes only to loopback and ``--allow-net`` networks (the lab's 10.123.0.0
 are resolved through /etc/hosts only (no DNS). Output in ``--out`` DIR:
 
 - ``probe.jsonl``: every second one line per kind and target
-  ``{"t", "elapsed", "kind", "target", "ok", "fail", "last_error"}``;
-- ``summary.json`` at exit: totals per kind and target, failures with first/last times and errors,
-  stop reason and duration; a one-line summary is printed.
+  ``{"t", "elapsed", "kind", "target", "ok", "fail", "failovers", "last_error", "ok_alt_chain"}``
+  (a request counts for the server that answered it, or failed for the last one tried; ``failovers``: requests
+  that left that server for the next one);
+- ``requests.jsonl``: one line per request ``{"t", "elapsed", "kind", "seq", "ok", "server", "tried",
+  "failovers", "alt_chain", "error"}`` (``server``: who answered; ``tried``: every attempt in order);
+- ``summary.json`` at exit: per kind ok, fail, failovers, ok_after_failover, failure_reasons and
+  failover_reasons (counts), mode (failover|pin), servers, and per target the same totals with
+  first/last failure times and errors; stop reason and duration; a one-line summary is printed.
 
 Usage::
 
@@ -59,6 +74,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -74,6 +90,7 @@ STOP_FILE = "stop"
 PID_FILE = "probe.pid"
 LOG_FILE = "probe.log"
 JSONL_FILE = "probe.jsonl"
+REQUESTS_FILE = "requests.jsonl"
 SUMMARY_FILE = "summary.json"
 MAX_BODY = 1 << 20
 RELOAD_EVERY = 1.0
@@ -83,10 +100,29 @@ MARKER = "kubepki-probe"
 PARTIAL_CHAIN = getattr(ssl, "VERIFY_X509_PARTIAL_CHAIN", 0x80000)
 # The certificates a server sent are readable from Python 3.10 on (needed for Go-style path building).
 ALT_CHAINS_SUPPORTED = sys.version_info >= (3, 10)
+# Where a connection attempt failed (set as ``probe_stage`` on the exception; see ``failover_reason``).
+STAGE_DIAL = "dial"
+STAGE_HANDSHAKE = "handshake"
+MIN_DIAL = 0.25       # a TCP connect gets at least this long (if the request has it left) ...
+MIN_ATTEMPT = 0.05    # ... and the next server is not tried with less than this left
+MAX_REASONS = 32      # distinct failure/failover reasons kept per kind (then "other")
 
 
 class ProbeError(Exception):
     """Bad arguments or unusable input files (exit code 2)."""
+
+
+class AnswerError(ValueError):
+    """A server answered, but not with what was asked (HTTP status other than 200, wrong etcd value)."""
+
+
+class RequestFailed(Exception):
+    """A logical request failed: ``error`` (full text) and ``reason`` (short, counted in the summary)."""
+
+    def __init__(self, error, reason):
+        super().__init__(error)
+        self.error = error
+        self.reason = reason
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,8 +147,18 @@ def write_json(path, data):
 
 
 def error_text(exc):
+    if isinstance(exc, AnswerError):
+        return str(exc)[:500]
     text = str(exc) or exc.__class__.__name__
     return ("%s: %s" % (exc.__class__.__name__, text))[:500]
+
+
+def reason_of(text):
+    """A short, countable form of an error text (no OpenSSL source lines, no probe values)."""
+    text = re.sub(r"\s*\(_ssl\.c:\d+\)", "", text or "")
+    if text.startswith("etcd get returned"):
+        return "etcd get returned another value"
+    return text[:160]
 
 
 def split_list(text):
@@ -282,16 +328,25 @@ class Trust:
             return ctx
 
 
-def _open(ctx, endpoint, server_name, deadline):
-    raw = socket.create_connection((endpoint.address, endpoint.port), timeout=max(0.05, deadline - time.monotonic()))
+def _open(ctx, endpoint, server_name, deadline, dial_deadline=None):
+    """A verified TLS socket; errors carry ``probe_stage`` ("dial" or "handshake") for ``failover_reason``."""
+    dial_by = deadline if dial_deadline is None else min(deadline, dial_deadline)
     try:
+        raw = socket.create_connection((endpoint.address, endpoint.port), timeout=max(0.05, dial_by - time.monotonic()))
+    except OSError as exc:
+        exc.probe_stage = STAGE_DIAL
+        raise
+    try:
+        raw.settimeout(max(0.05, deadline - time.monotonic()))
         return ctx.wrap_socket(raw, server_hostname=server_name)
-    except BaseException:
+    except BaseException as exc:
         raw.close()
+        if isinstance(exc, OSError):
+            exc.probe_stage = STAGE_HANDSHAKE
         raise
 
 
-def connect(trust, endpoint, server_name, deadline):
+def connect(trust, endpoint, server_name, deadline, dial_deadline=None):
     """TLS connection verified like a Go client; returns (socket, via_alt_chain).
 
     OpenSSL follows the first issuer it finds among the certificates the server sent; k3s sends leaf +
@@ -301,9 +356,12 @@ def connect(trust, endpoint, server_name, deadline):
     (handshake without verification), adds its non-self-signed certificates to the store as
     intermediates and verifies again on a new connection: success iff some path through the presented
     certificates reaches the client's anchors. ``--openssl-only`` turns this off.
+
+    Should the server go away between these connections (dial refused, handshake closed), that error is
+    raised as it is: the server did not finish the Go-style verification, it did not fail it.
     """
     try:
-        return _open(trust.ctx, endpoint, server_name, deadline), False
+        return _open(trust.ctx, endpoint, server_name, deadline, dial_deadline), False
     except ssl.SSLCertVerificationError as exc:
         if not trust.alt_chains:
             raise
@@ -319,15 +377,19 @@ def connect(trust, endpoint, server_name, deadline):
         raise first from None
 
 
-def https_request(trust, endpoint, server_name, method, path, timeout, body=None, user_agent=MARKER):
-    """One request on a new connection; returns (status, body, via_alt_chain). Raises OSError/ssl.SSLError/ValueError."""
-    deadline = time.monotonic() + timeout
+def https_request(trust, endpoint, server_name, method, path, timeout, body=None, user_agent=MARKER, deadline=None, dial_deadline=None):
+    """One request on a new connection; returns (status, body, via_alt_chain). Raises OSError/ssl.SSLError/ValueError.
+
+    ``deadline`` (monotonic) bounds the whole exchange (default: now + ``timeout``), ``dial_deadline`` the TCP connect.
+    """
+    if deadline is None:
+        deadline = time.monotonic() + timeout
     headers = ["%s %s HTTP/1.1" % (method, path), "Host: %s:%d" % (server_name, endpoint.port), "User-Agent: %s" % user_agent,
                "Accept: */*", "Connection: close"]
     if body is not None:
         headers += ["Content-Type: application/json", "Content-Length: %d" % len(body)]
     request = ("\r\n".join(headers) + "\r\n\r\n").encode("ascii") + (body or b"")
-    tls, alt = connect(trust, endpoint, server_name, deadline)
+    tls, alt = connect(trust, endpoint, server_name, deadline, dial_deadline)
     with tls:
         tls.sendall(request)
         data = b""
@@ -416,10 +478,138 @@ class ReloadingTrust:
 
 
 # ---------------------------------------------------------------------------------------------
+# one logical client over several servers (k3s's client load balancer)
+
+
+CLOSED_BY_PEER = (ConnectionResetError, ConnectionAbortedError, BrokenPipeError, ssl.SSLEOFError, ssl.SSLZeroReturnError)
+
+
+def failover_reason(exc):
+    """Why a request may move on to the next server after ``exc``; None when it must count as failed.
+
+    The rule follows k3s's client load balancer (pkg/agent/loadbalancer), a TCP proxy in front of the
+    servers: it moves to the next server only when dialing the current one fails. So:
+
+    - dial errors (TCP connect refused, reset, unreachable, timed out): fail over;
+    - the TLS handshake ended by the peer without a TLS alert (EOF, reset, abort): fail over. That is a
+      server closing its listener with connections still queued (a stopping k3s, the lab double's
+      shutdown); the client's next dial through the load balancer would be refused and move on;
+    - certificate verification failures and every TLS alert (bad certificate, unknown CA, ...): NEVER.
+      They are the trust breakage the probe is there to catch; the next server would probably accept,
+      and that must not hide the broken one;
+    - anything after the handshake (the request was sent): never. An HTTP 503 or 500 from a server that
+      is shutting down or not ready is an answer, not a dial error; a read timeout, an EOF or a reset
+      before the response (in TLS 1.3 also how a rejected client certificate can show) count as failed;
+    - a TLS handshake timeout: never (the dial worked; the server is up but does not answer).
+    """
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return None
+    stage = getattr(exc, "probe_stage", None)
+    if stage == STAGE_DIAL and isinstance(exc, OSError):
+        return "dial"
+    if stage == STAGE_HANDSHAKE and (isinstance(exc, CLOSED_BY_PEER) or getattr(exc, "reason", None) == "UNEXPECTED_EOF_WHILE_READING"):
+        return "TLS handshake closed by peer"
+    return None
+
+
+class Trace:
+    """What one logical request did: servers tried in order, failovers (server, reason, error), who answered."""
+
+    def __init__(self):
+        self.tried = []
+        self.failovers = []
+        self.server = None
+        self.alt = False
+
+
+class Pool:
+    """The server list of one logical client: sticks to the server that last answered, moves on after dial errors.
+
+    Within one request each server is tried at most once, from the sticky one on in list order (wrapping
+    around), all within the request's ``timeout``; a TCP connect gets at most its share of what is left
+    (at least ``MIN_DIAL``) so that a silently dropping server does not eat the time of the others. When
+    no server answers, the sticky server stays as it was.
+    """
+
+    def __init__(self, endpoints):
+        self.endpoints = list(endpoints)
+        self.current = 0
+
+    def call(self, attempt, timeout, trace):
+        """``attempt(endpoint, deadline, dial_deadline)`` on the servers in turn; its result, or RequestFailed."""
+        deadline = time.monotonic() + timeout
+        count = len(self.endpoints)
+        start = self.current
+        pending = None
+        for step in range(count):
+            index = (start + step) % count
+            endpoint = self.endpoints[index]
+            left = deadline - time.monotonic()
+            if pending is not None:
+                if left < MIN_ATTEMPT:
+                    raise RequestFailed("request timeout (%.1fs) after %d of %d servers; last: %s" % (timeout, step, count, pending[2]),
+                                        "request timeout during failover; last: %s %s" % (pending[1], reason_of(pending[2])))
+                trace.failovers.append(pending)
+            dial_deadline = time.monotonic() + max(min(left, MIN_DIAL), left / (count - step))
+            trace.tried.append(endpoint.label)
+            try:
+                result = attempt(endpoint, deadline, dial_deadline)
+            except (OSError, ValueError, subprocess.SubprocessError) as exc:
+                why = failover_reason(exc)
+                text = error_text(exc)
+                if why is None:
+                    raise RequestFailed(text, reason_of(text)) from exc
+                pending = (endpoint.label, why, text)
+                continue
+            self.current = index
+            trace.server = endpoint.label
+            return result
+        if count == 1:
+            raise RequestFailed(pending[2], "%s %s" % (pending[1], reason_of(pending[2])))
+        raise RequestFailed("no server answered (%d tried): %s" % (count, pending[2]), "no server answered; last: %s %s" % (pending[1], reason_of(pending[2])))
+
+
+class Client:
+    """One logical client of one kind: all servers of that kind (or one with ``--pin``) behind a Pool."""
+
+    def __init__(self, kind, endpoints, index):
+        self.kind = kind
+        self.pool = Pool(endpoints)
+        self.index = index
+        self.name = "%s-%s" % (kind, "+".join(endpoint.label for endpoint in endpoints))
+        self.answered = 0
+
+    @property
+    def labels(self):
+        return [endpoint.label for endpoint in self.pool.endpoints]
+
+
+# ---------------------------------------------------------------------------------------------
 # bookkeeping
 
 
+def _row():
+    return {"ok": 0, "fail": 0, "failovers": 0, "first_failure": None, "last_failure": None, "last_ok": None, "last_error": None,
+            "last_failover": None, "ok_alt_chain": 0}
+
+
+def _window():
+    return {"ok": 0, "fail": 0, "failovers": 0, "last_error": None, "ok_alt_chain": 0}
+
+
+def _count(table, reason):
+    if reason not in table and len(table) >= MAX_REASONS:
+        reason = "other"
+    table[reason] = table.get(reason, 0) + 1
+
+
 class Stats:
+    """Totals per kind and per (kind, server), per-second windows, and one record per request.
+
+    A request counts once: ``ok`` for the server that answered, or ``fail`` for the last server tried.
+    ``failovers`` of a server counts the times a request left it for the next server (see ``failover_reason``).
+    """
+
     def __init__(self, start_wall, start_mono):
         self.lock = threading.Lock()
         self.start_wall = start_wall
@@ -427,22 +617,45 @@ class Stats:
         self.totals = {}
         self.window = {}
         self.order = []
+        self.kinds = {}
+        self.requests = []
 
     def add_key(self, kind, target):
         key = (kind, target)
+        if key in self.totals:
+            return
         self.order.append(key)
-        self.totals[key] = {"ok": 0, "fail": 0, "first_failure": None, "last_failure": None, "last_ok": None, "last_error": None, "ok_alt_chain": 0}
-        self.window[key] = {"ok": 0, "fail": 0, "last_error": None, "ok_alt_chain": 0}
+        self.totals[key] = _row()
+        self.window[key] = _window()
+
+    def add_client(self, client, mode):
+        for label in client.labels:
+            self.add_key(client.kind, label)
+        self.kinds.setdefault(client.kind, {"mode": mode, "servers": [], "failovers": 0, "ok_after_failover": 0, "failure_reasons": {},
+                                            "failover_reasons": {}})
+        for label in client.labels:
+            if label not in self.kinds[client.kind]["servers"]:
+                self.kinds[client.kind]["servers"].append(label)
 
     def stamp(self):
         elapsed = time.monotonic() - self.start_mono
         return {"t": round(self.start_wall + elapsed, 3), "elapsed": round(elapsed, 3)}
 
-    def record(self, kind, target, error=None, alt=False):
-        key = (kind, target)
+    def record(self, kind, target, error=None, alt=False, trace=None, reason=None, seq=None):
+        """One finished request of ``kind``: answered by ``target`` (error None) or failed there."""
         stamp = self.stamp()
+        failovers = trace.failovers if trace else []
         with self.lock:
-            total, window = self.totals[key], self.window[key]
+            total, window = self.totals[(kind, target)], self.window[(kind, target)]
+            entry = self.kinds.get(kind)
+            for label, why, text in failovers:
+                row, win = self.totals[(kind, label)], self.window[(kind, label)]
+                row["failovers"] += 1
+                win["failovers"] += 1
+                row["last_failover"] = dict(stamp, error=text)
+                if entry is not None:
+                    entry["failovers"] += 1
+                    _count(entry["failover_reasons"], "%s %s" % (why, reason_of(text)))
             if error is None:
                 total["ok"] += 1
                 window["ok"] += 1
@@ -450,6 +663,8 @@ class Stats:
                 if alt:
                     total["ok_alt_chain"] += 1
                     window["ok_alt_chain"] += 1
+                if failovers and entry is not None:
+                    entry["ok_after_failover"] += 1
             else:
                 total["fail"] += 1
                 window["fail"] += 1
@@ -459,19 +674,29 @@ class Stats:
                 if total["first_failure"] is None:
                     total["first_failure"] = failure
                 total["last_failure"] = failure
+                if entry is not None:
+                    _count(entry["failure_reasons"], reason or reason_of(error))
+            self.requests.append(dict(stamp, kind=kind, seq=seq, ok=error is None, server=target if error is None else None,
+                                      tried=list(trace.tried) if trace else [target], failovers=len(failovers), alt_chain=bool(alt),
+                                      error=error))
 
-    def flush(self, handle, elapsed):
+    def flush(self, handle, elapsed, requests_handle=None):
         with self.lock:
             lines = []
             for key in self.order:
                 window = self.window[key]
                 lines.append({"t": round(self.start_wall + elapsed, 3), "elapsed": round(elapsed, 3), "kind": key[0], "target": key[1],
-                              "ok": window["ok"], "fail": window["fail"], "last_error": window["last_error"],
+                              "ok": window["ok"], "fail": window["fail"], "failovers": window["failovers"], "last_error": window["last_error"],
                               "ok_alt_chain": window["ok_alt_chain"]})
-                self.window[key] = {"ok": 0, "fail": 0, "last_error": None, "ok_alt_chain": 0}
+                self.window[key] = _window()
+            requests, self.requests = self.requests, []
         for line in lines:
             handle.write(json.dumps(line, sort_keys=True) + "\n")
         handle.flush()
+        if requests_handle is not None:
+            for line in requests:
+                requests_handle.write(json.dumps(line, sort_keys=True) + "\n")
+            requests_handle.flush()
 
 
 class Budget:
@@ -581,6 +806,7 @@ class Probe:
                 raise ProbeError("cannot load the etcd CA/cert/key: %s" % error_text(exc)) from exc
         self.probe_id = "%s-%d-%s" % (socket.gethostname(), os.getpid(), secrets.token_hex(3))
         self.stats = None
+        self.clients = []
         self.budget = Budget(args.max_requests)
 
     def snapshot_client(self, args):
@@ -610,117 +836,156 @@ class Probe:
     def server_name(self, endpoint):
         return self.args.server_name or endpoint.host
 
-    def http_check(self, trust, endpoint, kind):
-        status, body, alt = https_request(trust, endpoint, self.server_name(endpoint), "GET", self.path, self.timeout,
-                                          user_agent="%s/%s" % (MARKER, kind))
-        if status != 200:
-            return "HTTP %d: %s" % (status, body[:200].decode("utf-8", errors="replace").strip()), alt
-        return None, alt
+    def http_attempt(self, trust_of, kind):
+        """One GET of ``--path`` on one server (an ``attempt`` for Pool.call); returns via_alt_chain."""
+        def attempt(endpoint, deadline, dial_deadline):
+            status, body, alt = https_request(trust_of(), endpoint, self.server_name(endpoint), "GET", self.path, self.timeout,
+                                              user_agent="%s/%s" % (MARKER, kind), deadline=deadline, dial_deadline=dial_deadline)
+            if status != 200:
+                raise AnswerError("HTTP %d: %s" % (status, body[:200].decode("utf-8", errors="replace").strip()))
+            return alt
+        return attempt
 
-    def old_once(self, endpoint):
-        return self.http_check(self.old, endpoint, "old")
+    def old_once(self, client, trace, seq):
+        del seq
+        trace.alt = client.pool.call(self.http_attempt(lambda: self.old, "old"), self.timeout, trace)
 
-    def current_once(self, endpoint):
-        return self.http_check(self.current.get(), endpoint, "current")
+    def current_once(self, client, trace, seq):
+        del seq
+        trace.alt = client.pool.call(self.http_attempt(self.current.get, "current"), self.timeout, trace)
 
     def etcd_key(self, index):
         return "%s%s/%d" % (self.args.etcd_prefix, self.probe_id, index)
 
-    def _gateway(self, endpoint, call, payload):
+    def _gateway(self, endpoint, call, payload, deadline=None, dial_deadline=None):
         body = json.dumps(payload).encode()
         status, data, alt = https_request(self.etcd_trust.get(), endpoint, self.server_name(endpoint), "POST", "/v3/kv/" + call, self.timeout,
-                                          body=body, user_agent="%s/etcd" % MARKER)
+                                          body=body, user_agent="%s/etcd" % MARKER, deadline=deadline, dial_deadline=dial_deadline)
         if status != 200:
-            raise ValueError("etcd %s: HTTP %d: %s" % (call, status, data[:200].decode("utf-8", errors="replace").strip()))
+            raise AnswerError("etcd %s: HTTP %d: %s" % (call, status, data[:200].decode("utf-8", errors="replace").strip()))
         return json.loads(data.decode("utf-8") or "{}"), alt
 
-    def _etcdctl(self, endpoint, *args):
+    def _etcdctl(self, endpoint, *args, deadline=None, dial_deadline=None):
+        """etcdctl against one endpoint. A TCP dial first (bounded by ``dial_deadline``) tells a dead endpoint
+        (failover) from a failure of etcdctl itself (counted), whose messages cannot tell a refused dial from
+        a TLS failure reliably (etcdctl 3.4: "all SubConns are in TransientFailure" for both)."""
+        if deadline is None:
+            deadline = time.monotonic() + self.timeout
+        try:
+            sock = socket.create_connection((endpoint.address, endpoint.port),
+                                            timeout=max(0.05, min(deadline, dial_deadline or deadline) - time.monotonic()))
+            sock.close()
+        except OSError as exc:
+            exc.probe_stage = STAGE_DIAL
+            raise
         ctx_files = ["--cacert=%s" % self.args.etcd_cacert, "--cert=%s" % self.args.etcd_cert, "--key=%s" % self.args.etcd_key]
         url = "https://%s:%d" % (endpoint.host if ":" not in endpoint.host else "[%s]" % endpoint.host, endpoint.port)
-        seconds = max(1, int(round(self.timeout)))
-        cmd = [self.args.etcdctl, "--endpoints=%s" % url, "--dial-timeout=%ds" % seconds, "--command-timeout=%ds" % seconds] + ctx_files + list(args)
-        result = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=self.timeout + 3, env=dict(os.environ, ETCDCTL_API="3"))
+        millis = max(200, int((deadline - time.monotonic()) * 1000))
+        cmd = [self.args.etcdctl, "--endpoints=%s" % url, "--dial-timeout=%dms" % millis, "--command-timeout=%dms" % millis] + ctx_files + list(args)
+        result = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=millis / 1000.0 + 3, env=dict(os.environ, ETCDCTL_API="3"))
         if result.returncode != 0:
             # etcdctl prints retry warnings (JSON lines) first; its last line is the "Error: ..." summary
             lines = [line for line in (result.stderr or result.stdout).splitlines() if line.strip()]
             raise ValueError("etcdctl %s: %s" % (args[0], lines[-1][:300] if lines else "exit code %d" % result.returncode))
         return result.stdout
 
-    def etcd_once(self, endpoint, index, seq):
-        key = self.etcd_key(index)
-        value = "%d %s" % (seq, now_iso())
-        alt = False
+    def etcd_call(self, client, trace, call, key, value=None):
+        """One etcd call through the client's Pool: put/get/del of ``key``; returns the value read (get)."""
         if self.args.etcd_mode == "etcdctl":
-            self._etcdctl(endpoint, "put", key, value)
-            got = self._etcdctl(endpoint, "get", key, "--print-value-only").rstrip("\n")
-        else:
-            b64key = base64.b64encode(key.encode()).decode()
-            alt = self._gateway(endpoint, "put", {"key": b64key, "value": base64.b64encode(value.encode()).decode()})[1]
-            reply, alt_range = self._gateway(endpoint, "range", {"key": b64key})
-            alt = alt or alt_range
-            kvs = reply.get("kvs") or []
-            got = base64.b64decode(kvs[0].get("value", "")).decode("utf-8", errors="replace") if kvs else None
+            args = {"put": ("put", key, value), "get": ("get", key, "--print-value-only"), "del": ("del", key)}[call]
+            out = client.pool.call(lambda endpoint, deadline, dial: self._etcdctl(endpoint, *args, deadline=deadline, dial_deadline=dial),
+                                   self.timeout, trace)
+            return out.rstrip("\n") if call == "get" else None
+        b64key = base64.b64encode(key.encode()).decode()
+        method, payload = {"put": ("put", {"key": b64key, "value": base64.b64encode((value or "").encode()).decode()}),
+                           "get": ("range", {"key": b64key}), "del": ("deleterange", {"key": b64key})}[call]
+        reply, alt = client.pool.call(lambda endpoint, deadline, dial: self._gateway(endpoint, method, payload, deadline, dial), self.timeout, trace)
+        trace.alt = trace.alt or alt
+        if call != "get":
+            return None
+        kvs = reply.get("kvs") or []
+        return base64.b64decode(kvs[0].get("value", "")).decode("utf-8", errors="replace") if kvs else None
+
+    def etcd_once(self, client, trace, seq):
+        """A put then a get of the client's key (each call may fail over on its own, as an etcd client's would)."""
+        key = self.etcd_key(client.index)
+        value = "%d %s" % (seq, now_iso())
+        self.etcd_call(client, trace, "put", key, value)
+        got = self.etcd_call(client, trace, "get", key)
         if got != value:
-            return "etcd get returned %r, expected %r" % (got, value), alt
-        return None, alt
+            text = "etcd get returned %r, expected %r" % (got, value)
+            raise RequestFailed(text, reason_of(text))
 
     def etcd_cleanup(self):
-        """Delete the probe keys: one bounded attempt per endpoint that answered at least once."""
-        for index, endpoint in enumerate(self.etcd):
-            if not self.stats.totals[("etcd", endpoint.label)]["ok"]:
+        """Delete the probe keys: one bounded call per etcd client that got an answer at least once."""
+        for client in self.clients:
+            if client.kind != "etcd" or not client.answered:
                 continue
             try:
-                if self.args.etcd_mode == "etcdctl":
-                    self._etcdctl(endpoint, "del", self.etcd_key(index))
-                else:
-                    self._gateway(endpoint, "deleterange", {"key": base64.b64encode(self.etcd_key(index).encode()).decode()})
-            except (OSError, ssl.SSLError, ValueError, subprocess.SubprocessError):
+                self.etcd_call(client, Trace(), "del", self.etcd_key(client.index))
+            except (RequestFailed, OSError, ssl.SSLError, ValueError, subprocess.SubprocessError):
                 pass
 
-    def worker(self, kind, endpoint, index):
+    def worker(self, client):
+        once = {"old": self.old_once, "current": self.current_once, "etcd": self.etcd_once}[client.kind]
         seq = 0
         while not self.budget.stop.is_set():
             if not self.budget.take():
                 break
             seq += 1
-            alt = False
+            trace = Trace()
+            err = reason = None
             try:
-                if kind == "old":
-                    err, alt = self.old_once(endpoint)
-                elif kind == "current":
-                    err, alt = self.current_once(endpoint)
-                else:
-                    err, alt = self.etcd_once(endpoint, index, seq)
+                once(client, trace, seq)
+            except RequestFailed as exc:
+                err, reason = exc.error, exc.reason
             except (OSError, ssl.SSLError, ValueError, subprocess.SubprocessError) as exc:
                 err = error_text(exc)
             except Exception as exc:  # pylint: disable=broad-exception-caught
                 err = "unexpected " + error_text(exc)
-            self.stats.record(kind, endpoint.label, err, alt)
+            if err is None:
+                client.answered += 1
+                target = trace.server
+            else:
+                target = trace.tried[-1] if trace.tried else client.labels[client.pool.current]
+            self.stats.record(client.kind, target, err, trace.alt, trace=trace, reason=reason, seq=seq)
             self.budget.stop.wait(self.args.interval)
+
+    def make_clients(self):
+        """One logical client per kind over all its servers; with --pin one per kind and server (no failover)."""
+        for endpoint in self.targets:
+            endpoint.label = "%s:%d" % (endpoint.host, endpoint.port)
+        for endpoint in self.etcd:
+            endpoint.label = "https://%s:%d" % (endpoint.host, endpoint.port)
+        clients = []
+        if self.args.pin:
+            for endpoint in self.targets:
+                clients += [Client("old", [endpoint], 0), Client("current", [endpoint], 0)]
+            clients += [Client("etcd", [endpoint], index) for index, endpoint in enumerate(self.etcd)]
+        else:
+            if self.targets:
+                clients += [Client("old", self.targets, 0), Client("current", self.targets, 0)]
+            if self.etcd:
+                clients.append(Client("etcd", self.etcd, 0))
+        return clients
 
     def run(self, out):
         start_wall, start_mono = time.time(), time.monotonic()
         self.stats = Stats(start_wall, start_mono)
-        jobs = []
-        for endpoint in self.targets:
-            endpoint.label = "%s:%d" % (endpoint.host, endpoint.port)
-            for kind in ("old", "current"):
-                jobs.append((kind, endpoint, 0))
-        for index, endpoint in enumerate(self.etcd):
-            endpoint.label = "https://%s:%d" % (endpoint.host, endpoint.port)
-            jobs.append(("etcd", endpoint, index))
-        for kind, endpoint, index in jobs:
-            self.stats.add_key(kind, endpoint.label)
+        self.clients = self.make_clients()
+        for client in self.clients:
+            self.stats.add_client(client, "pin" if self.args.pin else "failover")
         stop_file = os.path.join(out, STOP_FILE)
-        threads = [threading.Thread(target=self.worker, args=job, name="probe-%s-%s" % (job[0], job[1].label), daemon=True) for job in jobs]
-        with open(os.path.join(out, JSONL_FILE), "w", encoding="utf-8") as jsonl:
+        threads = [threading.Thread(target=self.worker, args=(client,), name="probe-%s" % client.name, daemon=True) for client in self.clients]
+        with open(os.path.join(out, JSONL_FILE), "w", encoding="utf-8") as jsonl, \
+                open(os.path.join(out, REQUESTS_FILE), "w", encoding="utf-8") as requests_log:
             for thread in threads:
                 thread.start()
             next_flush = 1.0
             while True:
                 elapsed = time.monotonic() - start_mono
                 if elapsed >= next_flush:
-                    self.stats.flush(jsonl, next_flush)
+                    self.stats.flush(jsonl, next_flush, requests_log)
                     next_flush += 1.0
                 if self.budget.stop.is_set():
                     break
@@ -731,12 +996,13 @@ class Probe:
                     self.budget.halt("stop-file")
                     break
                 self.budget.stop.wait(min(0.1, max(0.0, next_flush - elapsed), max(0.0, self.args.duration - elapsed)) or 0.01)
-            # each worker finishes at most one request (etcd: two calls, etcdctl: two processes)
+            # each worker finishes at most one request (HTTP: one --timeout over all servers; etcd: two such calls,
+            # etcdctl: each attempt's process gets what is left of the call's --timeout + 3 s)
             join_deadline = time.monotonic() + 2 * self.timeout + 8
             for thread in threads:
                 thread.join(max(0.0, join_deadline - time.monotonic()))
             stuck = [thread.name for thread in threads if thread.is_alive()]
-            self.stats.flush(jsonl, round(time.monotonic() - start_mono, 3))
+            self.stats.flush(jsonl, round(time.monotonic() - start_mono, 3), requests_log)
         if self.etcd:
             self.etcd_cleanup()
         return self.summary(start_wall, time.monotonic() - start_mono, stuck)
@@ -744,11 +1010,19 @@ class Probe:
     def summary(self, start_wall, duration, stuck):
         kinds = {}
         first = last = None
-        total_ok = total_fail = 0
+        total_ok = total_fail = total_failovers = 0
         with self.stats.lock:
             for (kind, target) in self.stats.order:
                 row = dict(self.stats.totals[(kind, target)])
-                entry = kinds.setdefault(kind, {"ok": 0, "fail": 0, "requests": 0, "ok_alt_chain": 0, "targets": {}})
+                meta = self.stats.kinds.get(kind, {})
+                entry = kinds.get(kind)
+                if entry is None:
+                    entry = kinds[kind] = {"ok": 0, "fail": 0, "requests": 0, "ok_alt_chain": 0, "mode": meta.get("mode"),
+                                           "servers": list(meta.get("servers", [])), "failovers": meta.get("failovers", 0),
+                                           "ok_after_failover": meta.get("ok_after_failover", 0),
+                                           "failure_reasons": dict(meta.get("failure_reasons", {})),
+                                           "failover_reasons": dict(meta.get("failover_reasons", {})), "targets": {}}
+                    total_failovers += entry["failovers"]
                 entry["ok"] += row["ok"]
                 entry["ok_alt_chain"] += row["ok_alt_chain"]
                 entry["fail"] += row["fail"]
@@ -775,6 +1049,7 @@ class Probe:
             "requests": total_ok + total_fail,
             "ok": total_ok,
             "failures": total_fail,
+            "failovers": total_failovers,
             "first_failure": first,
             "last_failure": last,
             "kinds": kinds,
@@ -789,20 +1064,31 @@ class Probe:
             "stuck_threads": stuck,
             "settings": {"interval": self.args.interval, "duration": self.args.duration, "max_requests": self.args.max_requests,
                          "timeout": self.timeout, "targets": [e.label for e in self.targets], "etcd_endpoints": [e.label for e in self.etcd],
-                         "netns": self.args.netns},
+                         "netns": self.args.netns, "pin": bool(self.args.pin)},
         }
         return summary
 
 
 def summary_line(summary):
+    """One line: per kind ok/fail/failovers (never folded into ok), the top failure reasons, the first failure."""
     parts = []
+    reasons = []
     for kind in KINDS:
         entry = summary["kinds"].get(kind)
         if entry:
             alt = " (%d via another chain)" % entry["ok_alt_chain"] if entry.get("ok_alt_chain") else ""
-            parts.append("%s %d ok%s/%d fail" % (kind, entry["ok"], alt, entry["fail"]))
-    line = "probe: %s in %.1fs (stop: %s), %d requests, %d failures" % (
-        ", ".join(parts), summary["duration"], summary["stop_reason"], summary["requests"], summary["failures"])
+            failover = ""
+            if entry.get("failovers"):
+                failover = " [%d failovers, %d ok after failover]" % (entry["failovers"], entry.get("ok_after_failover", 0))
+            elif entry.get("mode") == "failover" and len(entry.get("servers") or []) > 1:
+                failover = " [0 failovers]"
+            parts.append("%s %d ok%s/%d fail%s" % (kind, entry["ok"], alt, entry["fail"], failover))
+            top = sorted((entry.get("failure_reasons") or {}).items(), key=lambda item: (-item[1], item[0]))[:2]
+            reasons += ["%s %dx %s" % (kind, count, reason) for reason, count in top]
+    line = "probe: %s in %.1fs (stop: %s), %d requests, %d failures, %d failovers" % (
+        ", ".join(parts), summary["duration"], summary["stop_reason"], summary["requests"], summary["failures"], summary.get("failovers", 0))
+    if reasons:
+        line += "; failure reasons: " + "; ".join(reasons)
     if summary.get("first_failure"):
         failure = summary["first_failure"]
         line += "; first failure at +%.1fs %s %s: %s" % (failure["elapsed"], failure["kind"], failure["target"], failure["error"])
@@ -841,7 +1127,10 @@ def add_run_options(parser):
     parser.add_argument("--etcd-mode", choices=("gateway", "etcdctl"), default="gateway", help="v3 JSON gateway (default) or etcdctl")
     parser.add_argument("--etcdctl", default="etcdctl", help="etcdctl binary for --etcd-mode etcdctl")
     parser.add_argument("--etcd-prefix", default="/kubepki-probe/", help="key prefix (the probe's keys are deleted at exit)")
-    parser.add_argument("--interval", type=float, default=0.2, help="pause between two requests of one kind to one target (s)")
+    parser.add_argument("--interval", type=float, default=0.2,
+                        help="pause between two requests of one client (s): of one kind; with --pin of one kind to one target")
+    parser.add_argument("--pin", action="store_true",
+                        help="one client per kind and target, no failover (the probe's behaviour before failover clients)")
     parser.add_argument("--duration", type=float, default=300.0, help="stop after this many seconds")
     parser.add_argument("--max-requests", type=int, default=100000, help="stop after this many requests (all kinds together)")
     parser.add_argument("--timeout", type=float, default=2.0, help="per-request timeout (s)")
@@ -959,7 +1248,7 @@ def cmd_start(args, argv):
     pid = read_pid(out)
     if pid and pid_state(pid) == "running":
         raise ProbeError("a probe (pid %d) already runs in %s: 'stop' it first" % (pid, out))
-    for name in (STOP_FILE, SUMMARY_FILE, PID_FILE, JSONL_FILE):
+    for name in (STOP_FILE, SUMMARY_FILE, PID_FILE, JSONL_FILE, REQUESTS_FILE):
         if os.path.exists(os.path.join(out, name)):
             os.unlink(os.path.join(out, name))
     run_argv = [sys.executable, os.path.abspath(__file__), "run"] + argv

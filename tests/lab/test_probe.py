@@ -154,12 +154,13 @@ class TLSServer(http.server.ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, ctx):
+    def __init__(self, ctx, port=0):
         self.ctx = ctx
         self.phase = 1
+        self.answer = None  # e.g. (503, b"...") to answer every request so (a server shutting down)
         self.counts = collections.Counter()
         self.count_lock = threading.Lock()
-        super().__init__(("127.0.0.1", 0), Handler)
+        super().__init__(("127.0.0.1", port), Handler)
 
     def get_request(self):
         sock, addr = self.socket.accept()
@@ -195,6 +196,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self):  # pylint: disable=invalid-name
+        if self.server.answer:
+            kind = (self.headers.get("User-Agent") or "").rsplit("/", 1)[-1]
+            with self.server.count_lock:
+                self.server.counts[("answer", kind)] += 1
+            return self.reply(*self.server.answer)
         if self.path == "/cacerts":
             body = b"-----BEGIN CERTIFICATE-----\n...\n"
         elif self.path == "/readyz":
@@ -213,8 +219,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
 def servers(pki):
     started = []
 
-    def start(leaf):
-        httpd = TLSServer(server_context(leaf[0], leaf[1], pki["client_ca"][0]))
+    def start(leaf, port=0):
+        httpd = TLSServer(server_context(leaf[0], leaf[1], pki["client_ca"][0]), port)
         thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
         thread.start()
         started.append((httpd, thread))
@@ -278,7 +284,8 @@ def test_rotation_old_client_survives_cross_signed_and_current_follows_file(pki,
     out = str(tmp_path / "probe")
     current = str(tmp_path / "current-ca.crt")
     shutil.copyfile(pki["old"][0], current)
-    result = probe("start", "--targets", "%s,%s" % (target_a, target_b), "--old-ca", pki["old"][0], "--current-ca-file", current,
+    # --pin: one client per target, so that B's row shows that B never failed while A did
+    result = probe("start", "--pin", "--targets", "%s,%s" % (target_a, target_b), "--old-ca", pki["old"][0], "--current-ca-file", current,
                    *client_args(pki), "--interval", "0.05", "--duration", "60", "--max-requests", "100000", "--out", out)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "probe started" in result.stdout
@@ -348,7 +355,8 @@ def test_rotation_old_client_survives_cross_signed_and_current_follows_file(pki,
     assert summary["failures"] == total_fail > 0
     assert summary["requests"] == total_ok + total_fail
     assert summary["first_failure"]["t"] >= t_unrelated - 0.02
-    assert set(lines[0]) == {"t", "elapsed", "kind", "target", "ok", "fail", "last_error", "ok_alt_chain"}
+    assert set(lines[0]) == {"t", "elapsed", "kind", "target", "ok", "fail", "failovers", "last_error", "ok_alt_chain"}
+    assert summary["failovers"] == 0 and all(entry["mode"] == "pin" and entry["failovers"] == 0 for entry in summary["kinds"].values())
     # exit codes for a playbook's assertion
     assert probe("summary", "--out", out, "--fail-on", "old").returncode == 1
     assert probe("summary", "--out", out).returncode == 0
@@ -360,7 +368,7 @@ def test_old_client_builds_paths_like_go(pki, servers, tmp_path):
     k3s_order = servers((pki["chain_k3s"], pki["leaf_new"][1]))
     not_cross = servers((pki["chain_not_cross"], pki["leaf_new"][1]))
     target_k3s, target_not_cross = ("127.0.0.1:%d" % srv.server_address[1] for srv in (k3s_order, not_cross))
-    common = ["--targets", "%s,%s" % (target_k3s, target_not_cross), "--old-ca", pki["old"][0], "--current-ca-file", pki["old"][0],
+    common = ["--pin", "--targets", "%s,%s" % (target_k3s, target_not_cross), "--old-ca", pki["old"][0], "--current-ca-file", pki["old"][0],
               *client_args(pki), "--interval", "0.05", "--max-requests", "16", "--duration", "20"]
     result = probe("run", *common, "--out", tmp_path / "go")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -377,13 +385,13 @@ def test_old_client_builds_paths_like_go(pki, servers, tmp_path):
     assert good["ok"] == 0 and "self-signed certificate in certificate chain" in good["last_error"], good
 
 
-def test_stops_at_duration_and_counts_refused_connections(pki, servers, tmp_path):
+def test_stops_at_duration_and_counts_refused_connections_when_pinned(pki, servers, tmp_path):
     server_b = servers(pki["leaf_old"])
     target_b = "127.0.0.1:%d" % server_b.server_address[1]
     closed = "127.0.0.1:%d" % free_port()
     out = str(tmp_path / "probe")
     started = time.monotonic()
-    result = probe("run", "--targets", "%s,%s" % (target_b, closed), "--old-ca", pki["old"][0], "--current-ca-file", pki["old"][0],
+    result = probe("run", "--pin", "--targets", "%s,%s" % (target_b, closed), "--old-ca", pki["old"][0], "--current-ca-file", pki["old"][0],
                    *client_args(pki), "--interval", "0.05", "--duration", "1.5", "--out", out)
     took = time.monotonic() - started
     assert result.returncode == 0, result.stdout + result.stderr
@@ -489,6 +497,259 @@ def test_refuses_bad_input(pki, tmp_path):
     assert probe("stop", "--out", out).returncode == 3
 
 
+# ---------------------------------------------------------------------------------------------
+# one logical client per kind over all servers (failover as behind k3s's client load balancer)
+
+
+def read_requests(out):
+    with open(os.path.join(out, "requests.jsonl"), encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def address(httpd):
+    return "127.0.0.1:%d" % httpd.server_address[1]
+
+
+class RawListener:
+    """A TCP listener on 127.0.0.1 that never speaks TLS: 'reset' accepts and resets every connection (a server
+    closing with connections queued), 'silent' never accepts (the kernel completes the TCP handshake, TLS never starts)."""
+
+    def __init__(self, mode):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.sock.settimeout(0.2)
+        self.mode = mode
+        self.accepted = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+        self.thread.start()
+
+    @property
+    def target(self):
+        return "127.0.0.1:%d" % self.sock.getsockname()[1]
+
+    def loop(self):
+        while not self.stop.is_set():
+            if self.mode == "silent":
+                self.stop.wait(0.1)
+                continue
+            try:
+                conn = self.sock.accept()[0]
+            except OSError:
+                continue
+            self.accepted += 1
+            try:  # wait for the ClientHello: the client is in its TLS handshake, its dial is done
+                conn.settimeout(2)
+                conn.recv(1)
+            except OSError:
+                pass
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            conn.close()
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(5)
+        self.sock.close()
+
+
+@pytest.fixture
+def raw_listener():
+    made = []
+
+    def make(mode):
+        made.append(RawListener(mode))
+        return made[-1]
+
+    yield make
+    for listener in made:
+        listener.close()
+
+
+def check_consistent(out, summary):
+    """Totals add up: kind = sum of its servers, per-second lines = totals, requests.jsonl = one line per request."""
+    lines, requests = read_jsonl(out), read_requests(out)
+    assert len(requests) == summary["requests"]
+    for kind, entry in summary["kinds"].items():
+        rows = entry["targets"].values()
+        for field in ("ok", "fail", "failovers", "ok_alt_chain"):
+            assert entry[field] == sum(row[field] for row in rows), (kind, field, entry)
+            assert entry[field] == sum(line[field] for line in lines if line["kind"] == kind), (kind, field)
+        mine = [req for req in requests if req["kind"] == kind]
+        assert sum(req["failovers"] for req in mine) == entry["failovers"]
+        assert sum(1 for req in mine if req["ok"]) == entry["ok"]
+        assert sum(1 for req in mine if req["ok"] and req["failovers"]) == entry["ok_after_failover"]
+        assert sum(entry["failure_reasons"].values()) == entry["fail"]
+        assert sum(entry["failover_reasons"].values()) == entry["failovers"]
+        calls = 2 if kind == "etcd" else 1  # etcd: a put and a get, each through the client's server list
+        for req in mine:
+            assert len(req["tried"]) - req["failovers"] == (calls if req["ok"] else len(req["tried"]) - req["failovers"]) >= 1, req
+            assert (req["server"] == req["tried"][-1]) if req["ok"] else (req["server"] is None and req["error"]), req
+    assert summary["failovers"] == sum(entry["failovers"] for entry in summary["kinds"].values())
+    return requests
+
+
+def test_failover_one_server_down_one_up(pki, servers, raw_listener, tmp_path):
+    """A dead server (refused) and one resetting during the TLS handshake come first: every request succeeds,
+    each client fails over once and then sticks to the server that answered."""
+    good = servers(pki["leaf_old"])
+    closed = "127.0.0.1:%d" % free_port()
+    resetting = raw_listener("reset")
+    out = str(tmp_path / "probe")
+    result = probe("run", "--targets", "%s,%s,%s" % (closed, resetting.target, address(good)), "--old-ca", pki["old"][0],
+                   "--current-ca-file", pki["old"][0], *client_args(pki), "--interval", "0.02", "--max-requests", "40", "--duration", "30",
+                   "--out", out, "--fail-on", "old,current")
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = read_summary(out)
+    assert summary["requests"] == 40 and summary["failures"] == 0
+    for kind in ("old", "current"):
+        entry = summary["kinds"][kind]
+        assert entry["mode"] == "failover" and entry["servers"] == [closed, resetting.target, address(good)]
+        assert entry["fail"] == 0 and entry["ok"] >= 10
+        # the first request went closed -> resetting -> good; the client then stuck to good
+        assert entry["failovers"] == 2 and entry["ok_after_failover"] == 1, entry
+        assert entry["targets"][address(good)]["ok"] == entry["ok"]
+        assert entry["targets"][closed]["failovers"] == 1 and entry["targets"][closed]["ok"] == 0
+        assert entry["targets"][resetting.target]["failovers"] == 1
+        reasons = entry["failover_reasons"]
+        assert sum(count for reason, count in reasons.items() if reason.startswith("dial ConnectionRefusedError")) == 1, reasons
+        assert sum(count for reason, count in reasons.items() if reason.startswith("TLS handshake closed by peer")) == 1, reasons
+        assert entry["failure_reasons"] == {}
+    assert good.served(1, "old") + good.served(1, "current") == 40
+    requests = check_consistent(out, summary)
+    first = [req for req in requests if req["kind"] == "old"][0]
+    assert first["tried"] == [closed, resetting.target, address(good)] and first["server"] == address(good) and first["ok"]
+    assert all(req["tried"] == [address(good)] for req in requests if req["seq"] > 1)
+    # the one-line summary does not fold failovers into "ok"
+    assert "old " in result.stdout and "[2 failovers, 1 ok after failover]" in result.stdout and "4 failovers" in result.stdout
+
+
+def test_failover_all_servers_down_fails(pki, raw_listener, tmp_path):
+    closed = ["127.0.0.1:%d" % free_port(), "127.0.0.1:%d" % free_port()]
+    resetting = raw_listener("reset")
+    targets = closed + [resetting.target]
+    out = str(tmp_path / "probe")
+    started = time.monotonic()
+    result = probe("run", "--targets", ",".join(targets), "--old-ca", pki["old"][0], "--current-ca-file", pki["old"][0],
+                   "--interval", "0.02", "--max-requests", "10", "--duration", "30", "--out", out, "--fail-on", "current")
+    assert time.monotonic() - started < 20
+    assert result.returncode == 1, result.stdout + result.stderr
+    summary = read_summary(out)
+    assert summary["requests"] == 10 and summary["failures"] == 10 and summary["ok"] == 0
+    for kind in ("old", "current"):
+        entry = summary["kinds"][kind]
+        # each failed request tried every server once: 2 failovers, failed at the last one
+        assert entry["failovers"] == 2 * entry["fail"] and entry["ok_after_failover"] == 0
+        # the resetting listener is last in the list; its reset comes in the TLS handshake
+        assert list(entry["failure_reasons"]) == ["no server answered; last: TLS handshake closed by peer ConnectionResetError: "
+                                                  "[Errno 104] Connection reset by peer"], entry["failure_reasons"]
+        assert "no server answered (3 tried)" in entry["targets"][resetting.target]["last_error"]
+    requests = check_consistent(out, summary)
+    assert all(sorted(req["tried"]) == sorted(targets) and not req["ok"] for req in requests)
+    assert "failure reasons: old " in result.stdout and "no server answered" in result.stdout
+
+
+def test_certificate_failure_is_never_failed_over(pki, servers, tmp_path):
+    """A server whose certificate does not verify comes first, a good one second: every request fails there."""
+    bad = servers(pki["leaf_other"])
+    good = servers(pki["leaf_old"])
+    out = str(tmp_path / "probe")
+    result = probe("run", "--targets", "%s,%s" % (address(bad), address(good)), "--old-ca", pki["old"][0], "--current-ca-file", pki["old"][0],
+                   *client_args(pki), "--interval", "0.02", "--max-requests", "12", "--duration", "30", "--out", out, "--fail-on", "old")
+    assert result.returncode == 1, result.stdout + result.stderr
+    summary = read_summary(out)
+    assert summary["failures"] == 12 and summary["failovers"] == 0
+    for kind in ("old", "current"):
+        entry = summary["kinds"][kind]
+        assert entry["fail"] >= 5 and entry["ok"] == 0 and entry["failovers"] == 0
+        assert entry["targets"][address(bad)]["fail"] == entry["fail"]
+        assert all("CERTIFICATE_VERIFY_FAILED" in reason and "_ssl.c" not in reason for reason in entry["failure_reasons"]), entry
+    assert good.served(1, "old") + good.served(1, "current") == 0
+    assert all(req["tried"] == [address(bad)] for req in check_consistent(out, summary))
+    assert "CERTIFICATE_VERIFY_FAILED" in result.stdout
+
+
+def test_http_503_and_handshake_timeout_are_not_failed_over(pki, servers, raw_listener, tmp_path):
+    """An answer (503 of a server shutting down) is not a dial error; neither is a server that accepts TCP but never
+    does TLS (the dial worked): both count as failed, bounded by --timeout, and the next server is not asked."""
+    stopping = servers(pki["leaf_old"])
+    stopping.answer = (503, b"[-]shutdown failed: reason withheld\nreadyz check failed\n")
+    good = servers(pki["leaf_old"])
+    out = str(tmp_path / "probe")
+    result = probe("run", "--targets", "%s,%s" % (address(stopping), address(good)), "--old-ca", pki["old"][0], "--current-ca-file",
+                   pki["old"][0], *client_args(pki), "--interval", "0.02", "--max-requests", "6", "--duration", "30", "--out", out)
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = read_summary(out)
+    assert summary["failures"] == 6 and summary["failovers"] == 0
+    assert set(summary["kinds"]["old"]["failure_reasons"]) == {"HTTP 503: [-]shutdown failed: reason withheld\nreadyz check failed"}
+    assert good.served(1, "old") + good.served(1, "current") == 0
+    check_consistent(out, summary)
+
+    silent = raw_listener("silent")
+    out = str(tmp_path / "probe-silent")
+    started = time.monotonic()
+    result = probe("run", "--targets", "%s,%s" % (silent.target, address(good)), "--old-ca", pki["old"][0], "--current-ca-file", pki["old"][0],
+                   *client_args(pki), "--timeout", "0.5", "--interval", "0", "--max-requests", "4", "--duration", "30", "--out", out)
+    took = time.monotonic() - started
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = read_summary(out)
+    assert summary["failures"] == 4 and summary["failovers"] == 0
+    for entry in summary["kinds"].values():
+        assert all("timed out" in reason for reason in entry["failure_reasons"]), entry
+    assert took < 15
+    assert good.served(1, "old") + good.served(1, "current") == 0
+
+
+def test_rolling_restart_of_the_servers_fails_nothing(pki, servers, tmp_path):
+    """Three servers restart one at a time (listener closed with connections queued, down for a while, back on the
+    same port) under traffic: no request fails, and the clients moved between servers (failovers counted)."""
+    leaf = pki["leaf_old"]
+    running = [servers(leaf), servers(leaf), servers(leaf)]
+    ports = [httpd.server_address[1] for httpd in running]
+    targets = ["127.0.0.1:%d" % port for port in ports]
+    out = str(tmp_path / "probe")
+    result = probe("start", "--targets", ",".join(targets), "--old-ca", pki["old"][0], "--current-ca-file", pki["old"][0], *client_args(pki),
+                   "--interval", "0.01", "--duration", "60", "--out", out)
+    assert result.returncode == 0, result.stdout + result.stderr
+    try:
+        for index in range(3):
+            served_before = sum(httpd.served(1, "old") for httpd in running)
+            wait_for(lambda: sum(httpd.served(1, "old") for httpd in running) >= served_before + 5, 15, "traffic before restart %d" % index)
+            running[index].shutdown()
+            running[index].server_close()
+            time.sleep(0.6)
+            running[index] = servers(leaf, port=ports[index])
+        wait_for(lambda: sum(httpd.served(1, "current") for httpd in running) >= 5, 15, "traffic after the restarts")
+    finally:
+        stopped = probe("stop", "--out", out, "--timeout", "20", "--fail-on", "old,current")
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    summary = read_summary(out)
+    assert summary["failures"] == 0 and summary["requests"] >= 30
+    for kind in ("old", "current"):
+        entry = summary["kinds"][kind]
+        # the sticky server of each client restarted once: it moved on at least once, each time with success
+        assert entry["failovers"] >= 1 and entry["ok_after_failover"] >= 1, entry
+        assert sum(1 for row in entry["targets"].values() if row["ok"]) >= 2, entry
+    check_consistent(out, summary)
+
+
+def test_pin_keeps_one_client_per_target(pki, servers, tmp_path):
+    good = servers(pki["leaf_old"])
+    closed = "127.0.0.1:%d" % free_port()
+    out = str(tmp_path / "probe")
+    result = probe("run", "--pin", "--targets", "%s,%s" % (closed, address(good)), "--old-ca", pki["old"][0], "--current-ca-file",
+                   pki["old"][0], "--interval", "0.02", "--max-requests", "20", "--duration", "30", "--out", out)
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = read_summary(out)
+    assert summary["settings"]["pin"] is True and summary["failovers"] == 0
+    for kind in ("old", "current"):
+        rows = summary["kinds"][kind]["targets"]
+        assert summary["kinds"][kind]["mode"] == "pin"
+        assert rows[closed]["ok"] == 0 and rows[closed]["fail"] >= 2 and rows[address(good)]["ok"] >= 2 and rows[address(good)]["fail"] == 0
+        assert rows[closed]["last_error"].startswith("ConnectionRefusedError")
+    check_consistent(out, summary)
+
+
 @pytest.fixture
 def etcd(pki, tmp_path):
     binary = shutil.which("etcd")
@@ -543,3 +804,39 @@ def test_etcd_put_get(etcd, tmp_path, mode, interval):
     assert bad.returncode == 0, bad.stdout + bad.stderr
     row = read_summary(out)["kinds"]["etcd"]["targets"][etcd["url"]]
     assert row["ok"] == 0 and row["fail"] == 2, row
+
+
+@pytest.mark.parametrize("mode", ["gateway", "etcdctl"])
+def test_etcd_failover(etcd, pki, servers, tmp_path, mode):
+    """A dead etcd endpoint first: the put/get fails over to the live one and sticks there; an endpoint whose
+    certificate does not verify (first) fails every request and is not failed over."""
+    closed = "https://127.0.0.1:%d" % free_port()
+    out = str(tmp_path / "probe")
+    creds = ["--etcd-cacert", etcd["cacert"], "--etcd-cert", etcd["cert"], "--etcd-key", etcd["key"], "--etcd-mode", mode]
+    result = probe("run", "--etcd-endpoints", "%s,%s" % (closed, etcd["url"]), *creds, "--interval", "0.05", "--max-requests", "4",
+                   "--duration", "30", "--out", out, "--fail-on", "etcd")
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = read_summary(out)
+    entry = summary["kinds"]["etcd"]
+    assert entry["ok"] == 4 and entry["fail"] == 0
+    assert entry["failovers"] == 1 and entry["ok_after_failover"] == 1, entry
+    assert entry["targets"][closed]["failovers"] == 1 and entry["targets"][etcd["url"]]["ok"] == 4
+    assert list(entry["failover_reasons"])[0].startswith("dial ConnectionRefusedError")
+    requests = check_consistent(out, summary)
+    # put failed over, get went straight to the sticky endpoint
+    assert requests[0]["tried"] == [closed, etcd["url"], etcd["url"]]
+    left = etcd["etcdctl"]("get", "--prefix", "/kubepki-probe/", "--keys-only")
+    assert left.returncode == 0 and left.stdout.strip() == "", left.stdout + left.stderr
+
+    bad = servers(pki["leaf_other"])
+    bad_url = "https://" + address(bad)
+    out = str(tmp_path / "probe-bad")
+    result = probe("run", "--etcd-endpoints", "%s,%s" % (bad_url, etcd["url"]), *creds, "--timeout", "1", "--interval", "0.05",
+                   "--max-requests", "2", "--duration", "30", "--out", out, "--fail-on", "etcd")
+    assert result.returncode == 1, result.stdout + result.stderr
+    entry = read_summary(out)["kinds"]["etcd"]
+    assert entry["fail"] == 2 and entry["ok"] == 0 and entry["failovers"] == 0, entry
+    assert entry["targets"][bad_url]["fail"] == 2
+    if mode == "gateway":
+        assert all("CERTIFICATE_VERIFY_FAILED" in reason for reason in entry["failure_reasons"]), entry
+    assert all(req["tried"] == [bad_url] for req in read_requests(out))
