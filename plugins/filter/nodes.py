@@ -36,25 +36,16 @@ _value:
   elements: str
 """
 
-import json
-
 from ansible.errors import AnsibleFilterError
+
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.health import ready_node_names
 
 
 def ready_nodes(data) -> list:
-    if isinstance(data, (str, bytes)):
-        if not data.strip():
-            return []
-        try:
-            data = json.loads(data)
-        except ValueError as exc:
-            raise AnsibleFilterError("ready_nodes: input is not JSON: %s" % exc) from None
-    names = []
-    for item in (data or {}).get("items", []):
-        conditions = (item.get("status") or {}).get("conditions") or []
-        if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
-            names.append((item.get("metadata") or {}).get("name"))
-    return sorted(name for name in names if name)
+    try:
+        return ready_node_names(data)
+    except ValueError as exc:
+        raise AnsibleFilterError("ready_nodes: input is not JSON: %s" % exc) from None
 
 
 class FilterModule:

@@ -171,6 +171,19 @@ token_changes:
   description: Whether every join token must be updated before nodes restart.
   returned: always
   type: bool
+server_ca_sha256:
+  description:
+    - SHA-256 (hex) of the C(server-ca.crt) bundle every server serves on C(/cacerts) once it runs on the staged set
+      (of the live one when RV(already_loaded)). Restart gates compare the served bundle with it.
+  returned: always
+  type: str
+rotation_id:
+  description:
+    - Name of the rotation, from the new server CA's notBefore (UTC, C(YYYYMMDDTHHMMSSZ)). A resumed run gets the same
+      id. The roles name the backup directory after it.
+  returned: always
+  type: str
+  sample: 20261122T120000Z
 nodes_needing_new_token:
   description: Which nodes need a new token.
   returned: always

@@ -83,6 +83,13 @@ options:
       - C(MISSING) files never fail the task.
     type: bool
     default: false
+  fail_on_unchained:
+    description:
+      - Fail the task when a leaf certificate (not a CA, not self-signed) was issued by none of the CAs examined on
+        the node (RV(certificates[].signed_by) is null), for example a leaf still issued by the CA a rotation
+        replaced. The message names every such file.
+    type: bool
+    default: false
 notes:
   - Run it with privileges that can read the certificate and key files (C(become=true)); an unreadable file is
     reported as C(INVALID), an unreadable key as RV(certificates[].key_matches=null) with a note.
@@ -239,6 +246,11 @@ summary:
     checked_at:
       description: The moment of the check, ISO 8601 UTC.
       type: str
+unchained:
+  description: Leaf certificates no examined CA issued (see O(fail_on_unchained)).
+  returned: always
+  type: list
+  elements: str
 threshold_failures:
   description: Paths (with C(#<kubeconfig entry>) for kubeconfig entries) that fail the O(fail_days) threshold.
   returned: always
@@ -266,6 +278,7 @@ from ansible_collections.kubepki.certs.plugins.module_utils._pki.expiry import (
     check_expiration,
     describe_failures,
     threshold_failures,
+    unchained_leaves,
 )
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.layout import DISTRIBUTIONS, get_layout
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.module_edge import require_cryptography, run_engine
@@ -287,6 +300,7 @@ def main():
             warn_days=dict(type="int", default=30),
             fail_days=dict(type="int", default=7),
             fail_on_threshold=dict(type="bool", default=False),
+            fail_on_unchained=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
     )
@@ -298,9 +312,12 @@ def main():
     report = run_engine(module, check_expiration, layout, paths=params["paths"], only_paths=params["only_paths"],
                         warn_days=params["warn_days"])
     failing = threshold_failures(report["certificates"], fail_days=params["fail_days"])
-    result = dict(report, threshold_failures=[_label(entry) for entry in failing])
+    unchained = [_label(entry) for entry in unchained_leaves(report["certificates"])]
+    result = dict(report, threshold_failures=[_label(entry) for entry in failing], unchained=unchained)
     if params["fail_on_threshold"] and failing:
         module.fail_json(msg=describe_failures(failing, fail_days=params["fail_days"]), **result)
+    if params["fail_on_unchained"] and unchained:
+        module.fail_json(msg="leaf certificates issued by no CA on this node: %s" % ", ".join(unchained), **result)
     module.exit_json(changed=False, **result)
 
 

@@ -102,6 +102,13 @@ options:
     description: Copy each file to C(<file>.<UTC time>.bak) (mode 0600) before rewriting it.
     type: bool
     default: true
+  backup_dir:
+    description:
+      - Copy each file into this directory at its absolute path instead (mode 0600, directories 0700), for example
+        C(/var/lib/kubepki/backup/<rotation id>) so the file lands in
+        C(/var/lib/kubepki/backup/<rotation id>/etc/rancher/k3s/config.yaml). The layout of M(kubepki.certs.backup),
+        which C(playbooks/rollback.yml) restores from. Takes precedence over O(backup).
+    type: path
 notes:
   - Files are written through a temporary file that is renamed into place, keeping mode and owner. Symbolic links
     are followed and the file they point to is rewritten (once, however many listed paths lead to it).
@@ -219,6 +226,7 @@ def main():
             data_dir=dict(type="path"),
             pin_bare=dict(type="bool", default=False),
             backup=dict(type="bool", default=True),
+            backup_dir=dict(type="path"),
         ),
         mutually_exclusive=[("ca_file", "ca_hash")],
         required_one_of=[("ca_file", "ca_hash")],
@@ -248,7 +256,8 @@ def main():
     for warning in plan.warnings:
         module.warn(warning)
     if plan.changed and not module.check_mode:
-        result["backup_files"] = run_engine(module, apply_token_plan, plan, backup=params["backup"])
+        result["backup_files"] = run_engine(module, apply_token_plan, plan, backup=params["backup"],
+                                             backup_root=params["backup_dir"])
     if module._diff and plan.changed:
         result["diff"] = plan_diff(plan)
     module.exit_json(changed=plan.changed, **result)

@@ -37,6 +37,12 @@ options:
   minimum_version:
     description: Minimum version, for example C(v1.26.2). RV(version_ok) says whether the binary meets it.
     type: str
+  health:
+    description:
+      - On a server, also ask the apiserver's C(/readyz) through the node's admin kubectl (from the layout table)
+        and return RV(healthy). Agents are not asked.
+    type: bool
+    default: false
   check_version:
     description: Run the binary with C(--version). Off for nodes without the binary (a controller, a staging host).
     type: bool
@@ -97,10 +103,21 @@ free_bytes:
   description: Free bytes on the data directory's file system.
   returned: always
   type: int
+healthy:
+  description: The server's C(/readyz) answered C(ok) (O(health=true)); null on agents or when not asked.
+  returned: always
+  type: bool
+health_problem:
+  description: Why the server is not healthy (kubectl's last error line), or null.
+  returned: always
+  type: str
 """
+
+import os
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.health import readyz_problem
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.layout import DISTRIBUTIONS, get_layout
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.module_edge import require_cryptography, run_engine
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.node import describe_node
@@ -114,6 +131,7 @@ def main():
             binary=dict(type="str"),
             minimum_version=dict(type="str"),
             check_version=dict(type="bool", default=True),
+            health=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
     )
@@ -131,6 +149,16 @@ def main():
         version_text = out
     info = run_engine(module, describe_node, layout, version_text=version_text,
                       minimum_version=module.params["minimum_version"])
+    info["healthy"], info["health_problem"] = None, None
+    if module.params["health"] and info["role"] == "server":
+        kubectl = list(layout.kubectl)
+        found = kubectl[0] if "/" in kubectl[0] else module.get_bin_path(kubectl[0], required=False)
+        if not found or not os.path.exists(found):
+            info["healthy"], info["health_problem"] = False, "%s not found" % kubectl[0]
+        else:
+            rc, out, err = module.run_command([found] + kubectl[1:] + ["get", "--raw", "/readyz"])
+            info["health_problem"] = readyz_problem(rc, out, err)
+            info["healthy"] = info["health_problem"] is None
     module.exit_json(changed=False, **info)
 
 

@@ -155,6 +155,13 @@ def threshold_failures(entries: list, *, fail_days: int) -> list:
     return failing
 
 
+def unchained_leaves(entries: list) -> list:
+    """Leaf certificates (not CAs, not self-signed) that no CA examined on the node issued."""
+    return [entry for entry in entries
+            if entry.get("is_ca") is False and entry.get("signed_by") is None and entry["status"] != STATUS_INVALID
+            and entry["status"] != STATUS_MISSING]
+
+
 def describe_failures(failing: list, *, fail_days: int) -> str:
     """One message naming every failing file, for fail_json and roles."""
     parts = []

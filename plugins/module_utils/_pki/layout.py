@@ -68,6 +68,7 @@ class Layout:
     unit_files: tuple                     # unit files whose ExecStart may carry --token
     token_env_vars: tuple
     force_restart_file: str | None
+    kubectl: tuple = ()                   # argv prefix of the node's admin kubectl (servers)
     extra: dict = field(default_factory=dict)
 
     def ca(self, name: str) -> CAFile:
@@ -105,6 +106,7 @@ class Layout:
             "unit_files": list(self.unit_files),
             "token_env_vars": list(self.token_env_vars),
             "force_restart_file": self.force_restart_file,
+            "kubectl": list(self.kubectl),
         }
 
 
@@ -146,6 +148,7 @@ def _rancher_layout(program: str, data_dir: str | None) -> Layout:
                      "/etc/sysconfig/k3s-agent", "/etc/rancher/k3s/k3s.env", "/etc/rancher/k3s/k3s-agent.env")
         unit_files = ("/etc/systemd/system/k3s.service", "/etc/systemd/system/k3s-agent.service")
         force_restart = None
+        kubectl = ("k3s", "kubectl")
     else:
         server_unit, agent_unit, port = "rke2-server", "rke2-agent", 9345
         env_files = ("/etc/default/rke2-server", "/etc/default/rke2-agent", "/etc/sysconfig/rke2-server",
@@ -155,6 +158,8 @@ def _rancher_layout(program: str, data_dir: str | None) -> Layout:
                       "/usr/local/lib/systemd/system/rke2-server.service",
                       "/usr/local/lib/systemd/system/rke2-agent.service")
         force_restart = os.path.join(data_dir, "force-restart")
+        # RKE2 has no kubectl subcommand: it stages kubectl into <data-dir>/bin at start.
+        kubectl = (os.path.join(data_dir, "bin", "kubectl"), "--kubeconfig", os.path.join(config_dir, "rke2.yaml"))
     return Layout(
         distribution=program,
         program=program,
@@ -185,6 +190,7 @@ def _rancher_layout(program: str, data_dir: str | None) -> Layout:
         unit_files=unit_files,
         token_env_vars=("%s_TOKEN" % upper, "%s_AGENT_TOKEN" % upper),
         force_restart_file=force_restart,
+        kubectl=kubectl,
         extra={"cn_prefix": program, "cacerts_path": "/cacerts"},
     )
 
@@ -219,6 +225,7 @@ def _kubeadm_layout(data_dir: str | None) -> Layout:
         server_unit="kubelet", agent_unit="kubelet", supervisor_port=6443,
         token_file=None, agent_token_file=None, config_files=(), env_files=(), unit_files=(),
         token_env_vars=(), force_restart_file=None,
+        kubectl=("kubectl", "--kubeconfig", os.path.join(base, "admin.conf")),
     )
 
 
@@ -238,7 +245,7 @@ def _rke1_layout(data_dir: str | None) -> Layout:
         key_suffix_rules=((".pem", "-key.pem"),),
         server_unit="kubelet", agent_unit="kubelet", supervisor_port=6443,
         token_file=None, agent_token_file=None, config_files=(), env_files=(), unit_files=(),
-        token_env_vars=(), force_restart_file=None, extra={"skip_suffixes": ("-key.pem", "-csr.pem")},
+        token_env_vars=(), force_restart_file=None, kubectl=("kubectl",), extra={"skip_suffixes": ("-key.pem", "-csr.pem")},
     )
 
 

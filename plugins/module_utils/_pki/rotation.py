@@ -19,6 +19,7 @@ Nothing here touches the live tls directory: it is read, and the staging directo
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
 from dataclasses import dataclass, field
 
@@ -103,6 +104,7 @@ class RotationPlan:
     token_hash_before: str
     token_hash_after: str
     already_loaded: bool
+    server_bundle: bytes = b""            # the server-ca.crt every server serves once it runs on this set
     warnings: list = field(default_factory=list)
 
     @property
@@ -316,7 +318,8 @@ def plan_rotation(request: RotationRequest, *, now: datetime.datetime | None = N
         _plan_service_key(request, layout, staging_tls, stage)
     new_server = next((c.bundle for c in cas if c.name == "server-ca"), current["server-ca"][1])
     token_after = hash_ca(new_server, at=now)
-    return RotationPlan(request, staging_tls, files, cas, token_before, token_after, already_loaded, warnings)
+    return RotationPlan(request, staging_tls, files, cas, token_before, token_after, already_loaded, new_server,
+                        warnings)
 
 
 def _plan_new_root(request: RotationRequest, staging_tls: str, stage, cas: list, current: dict, layout) -> None:
@@ -369,6 +372,15 @@ def apply_rotation(plan: RotationPlan) -> None:
         atomic_write(path, staged.content, mode=staged.mode)
 
 
+def rotation_id(plan: RotationPlan) -> str:
+    """Stable name of this rotation: when the new server CA was made. A resumed run (staged, or loaded and
+    running) gets the same id, so its backups land in the same directory."""
+    server = next((c for c in plan.cas if c.name == "server-ca"), None)
+    if server is None:
+        return "unknown"
+    return certs_mod.not_before(server.new).strftime("%Y%m%dT%H%M%SZ")
+
+
 def plan_report(plan: RotationPlan) -> dict:
     """Plain data: what changes, whether it is disruptive, which nodes need a new token. No key material."""
     token_changes = plan.token_hash_before != plan.token_hash_after
@@ -381,6 +393,8 @@ def plan_report(plan: RotationPlan) -> dict:
         "token_ca_hash": plan.token_hash_after,
         "token_ca_hash_before": plan.token_hash_before,
         "token_changes": token_changes,
+        "server_ca_sha256": hashlib.sha256(plan.server_bundle).hexdigest(),
+        "rotation_id": rotation_id(plan),
         "nodes_needing_new_token": "all nodes holding a token (servers and agents)" if token_changes else "none",
         "cas": [{
             "name": c.name,

@@ -27,8 +27,10 @@ from dataclasses import dataclass, field
 
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.errors import InvalidInputError
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.files import (
+    PRIVATE_DIR_MODE,
     PRIVATE_FILE_MODE,
     atomic_write,
+    ensure_dir,
     read_bytes,
 )
 
@@ -926,14 +928,24 @@ def _group_passwords(files: list) -> list:
     return warnings
 
 
-def apply_token_plan(plan: TokenPlan, *, backup: bool = True, backup_suffix: str | None = None) -> list:
-    """Write every changed file atomically with its mode (owner kept); back it up first. Returns backups."""
+def apply_token_plan(plan: TokenPlan, *, backup: bool = True, backup_suffix: str | None = None,
+                     backup_root: str | None = None) -> list:
+    """Write every changed file atomically with its mode (owner kept); back it up first. Returns backups.
+
+    With ``backup_root`` the copy lands at ``<backup_root><absolute path>`` (the backup module's layout, which
+    rollback restores from); otherwise next to the file as ``<file>.<UTC time>.bak``."""
     suffix = backup_suffix or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     backups = []
     for file_plan in plan.files:
         if not file_plan.changed:
             continue
-        if backup:
+        if backup_root:
+            target = backup_root.rstrip("/") + file_plan.realpath
+            ensure_dir(backup_root, mode=PRIVATE_DIR_MODE)
+            ensure_dir(os.path.dirname(target), mode=PRIVATE_DIR_MODE)
+            atomic_write(target, file_plan.before, mode=PRIVATE_FILE_MODE)
+            backups.append(target)
+        elif backup:
             target = "%s.%s.bak" % (file_plan.realpath, suffix)
             atomic_write(target, file_plan.before, mode=PRIVATE_FILE_MODE)
             backups.append(target)
