@@ -1805,6 +1805,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     if item["metadata"]["name"] == wanted:
                         return self.reply(200, item)
                 return self.reply(404, {"kind": "Status", "status": "Failure", "message": 'nodes "%s" not found' % wanted, "code": 404})
+            if path == "/readyz" and str(srv.cfg.get("lab-fail-readyz", "")).lower() in ("1", "true", "yes"):
+                # Fault knob (config key lab-fail-readyz, read at start): only /readyz fails; the server otherwise runs.
+                return self.reply(500, "[-]lab-fail-readyz failed: reason: fault injected by the lab config (lab-fail-readyz: true)\n"
+                                       "readyz check failed", "text/plain")
             healthy, why = srv.etcd_health()
             if healthy:
                 return self.reply(200, "ok", "text/plain")
