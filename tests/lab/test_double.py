@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import socket
 import ssl
@@ -154,6 +155,13 @@ class Node:
         cmd = [PYTHON, DOUBLE] + list(args)
         return subprocess.run(cmd, check=False, capture_output=True, text=True, env=self.env(env), timeout=timeout)
 
+    def kubectl(self, *args, env=None, timeout=120):
+        """The node's admin kubectl: `k3s kubectl`; RKE2 has none, it stages <data-dir>/bin/kubectl (kubeconfig rke2.yaml)."""
+        if self.program == "k3s":
+            return self.run("kubectl", *args, env=env, timeout=timeout)
+        cmd = [os.path.join(self.data, "bin", "kubectl"), "--kubeconfig", os.path.join(self.etc, "rke2.yaml")] + list(args)
+        return subprocess.run(cmd, check=False, capture_output=True, text=True, env=self.env(env), timeout=timeout)
+
     def service(self, action, env=None):
         return self.run("lab-service", self.unit, action, env=env)
 
@@ -212,7 +220,7 @@ def restarted(node):
 
 
 def get_nodes(server):
-    result = server.run("kubectl", "get", "nodes", "-o", "json")
+    result = server.kubectl("get", "nodes", "-o", "json")
     assert result.returncode == 0, result.stderr
     return {item["metadata"]["name"]: item["status"]["conditions"][0]["status"] for item in json.loads(result.stdout)["items"]}
 
@@ -709,7 +717,25 @@ def test_rke2_flavour(lab):
     started(server)
     assert os.path.exists(os.path.join(server.tls, "client-rke2-controller.crt"))
     assert subject_cn(os.path.join(server.tls, "server-ca.crt")).startswith("rke2-server-ca@")
-    assert server.run("kubectl", "get", "--raw", "/readyz").stdout == "ok"
+    # kubectl is staged at start: <data-dir>/bin -> <data-dir>/data/<tag>-<12 hex>/bin (upstream releaseRefDigest)
+    link = os.path.join(server.data, "bin")
+    assert os.path.islink(link)
+    assert re.fullmatch(re.escape(os.path.join(server.data, "data")) + r"/v1\.31\.6-rke2r1-[0-9a-f]{12}/bin", os.readlink(link)), os.readlink(link)
+    assert os.access(os.path.join(os.readlink(link), "kubectl"), os.X_OK)
+    result = subprocess.run([os.path.join(link, "kubectl"), "--kubeconfig", os.path.join(server.etc, "rke2.yaml"), "get", "--raw", "/readyz"],
+                            check=False, capture_output=True, text=True, env=server.env(), timeout=60)
+    assert (result.returncode, result.stdout) == (0, "ok"), result.stderr
+    # rke2 itself has no kubectl command
+    refused = server.run("kubectl", "get", "--raw", "/readyz")
+    assert refused.returncode == 3 and refused.stderr == "No help topic for 'kubectl'\n", refused
+    # the staged kubectl has no RKE2 default kubeconfig (like the real one: KUBECONFIG or ~/.kube/config)
+    home = tempfile.mkdtemp(dir=lab.base, prefix="home-")
+    bare = subprocess.run([os.path.join(link, "kubectl"), "get", "--raw", "/readyz"], check=False, capture_output=True, text=True,
+                          env=server.env({"HOME": home}), timeout=60)
+    assert bare.returncode != 0 and "localhost:8080 was refused" in bare.stderr, bare
+    with_env = subprocess.run([os.path.join(link, "kubectl"), "get", "--raw", "/readyz"], check=False, capture_output=True, text=True,
+                              env=server.env({"HOME": home, "KUBECONFIG": os.path.join(server.etc, "rke2.yaml")}), timeout=60)
+    assert (with_env.returncode, with_env.stdout) == (0, "ok"), with_env.stderr
     stage = tempfile.mkdtemp(dir=lab.base, prefix="stage-rke2-")
     stage_rotation(server, stage, product="rke2", types=("client",))
     result = server.run("certificate", "rotate-ca", "--path", stage, "--server", server.url())
@@ -724,6 +750,7 @@ def test_rke2_flavour(lab):
     with open(os.path.join(env_dir, "rke2-agent.env"), "w", encoding="utf-8") as handle:
         handle.write("RKE2_TOKEN=%s\n" % server.token())
     started(agent)
+    assert os.access(os.path.join(agent.data, "bin", "kubectl"), os.X_OK), "rke2 agent did not stage kubectl"
     wait_ready(server, "rke2a1")
     assert issuer_cn(os.path.join(agent.data, "agent", "client-rke2-controller.crt")).startswith("rke2-client-ca@")
     assert agent.service("stop").returncode == 0
@@ -738,6 +765,42 @@ def test_rke2_flavour(lab):
     started(server)
     assert os.path.exists(os.path.join(server.tls, "client-rke2-controller.crt"))
     server.service("stop")
+
+
+def test_rke2_has_no_kubectl_command(lab):
+    """Upstream rke2 (urfave/cli) answers an unknown command with its help command: `No help topic for 'kubectl'`, exit 3."""
+    rke2 = Node(lab, "rke2-cli", "127.0.0.1", program="rke2")
+    for args in (("kubectl", "get", "--raw", "/readyz"), ("kubectl",), ("help", "kubectl")):
+        result = rke2.run(*args)
+        assert (result.returncode, result.stdout, result.stderr) == (3, "", "No help topic for 'kubectl'\n"), (args, result)
+    # k3s keeps its kubectl command (here without a kubeconfig: it fails loading it, not as an unknown command)
+    k3s = Node(lab, "k3s-cli", "127.0.0.1", program="k3s")
+    result = k3s.run("kubectl", "get", "--raw", "/readyz")
+    assert result.returncode == 1 and "loading kubeconfig" in result.stderr and os.path.join(k3s.etc, "k3s.yaml") in result.stderr, result
+
+
+def test_rke2_stages_kubectl_under_a_custom_data_dir(lab):
+    """data-dir from config.yaml: kubectl staged under it; a new version stages a new directory and moves the link."""
+    node = lab.node("rke2dd", program="rke2")
+    data_dir = os.path.join(node.root, "srv", "rke2-data")
+    node.config(**{"cluster-init": True, "disable-etcd": True, "data-dir": data_dir, "lab-datastore": os.path.join(lab.base, "datastore-rke2dd")})
+    started(node)
+    link = os.path.join(data_dir, "bin")
+    first = os.readlink(link)
+    assert re.fullmatch(re.escape(os.path.join(data_dir, "data")) + r"/v1\.31\.6-rke2r1-[0-9a-f]{12}/bin", first), first
+    assert not os.path.lexists(os.path.join(node.data, "bin")) and not os.path.lexists(os.path.join(node.data, "data"))
+    staged = subprocess.run([os.path.join(link, "kubectl"), "--kubeconfig", os.path.join(node.etc, "rke2.yaml"), "get", "--raw", "/readyz"],
+                            check=False, capture_output=True, text=True, env=node.env(), timeout=60)
+    assert (staged.returncode, staged.stdout) == (0, "ok"), staged.stderr
+    assert node.service("stop").returncode == 0
+    started(node, env={"KUBEPKI_DOUBLE_VERSION": "v1.32.5+rke2r1"})
+    second = os.readlink(link)
+    assert re.fullmatch(re.escape(os.path.join(data_dir, "data")) + r"/v1\.32\.5-rke2r1-[0-9a-f]{12}/bin", second), second
+    assert os.access(os.path.join(first, "kubectl"), os.X_OK), "the previous release directory stays, as upstream"
+    staged = subprocess.run([os.path.join(link, "kubectl"), "--kubeconfig", os.path.join(node.etc, "rke2.yaml"), "get", "nodes", "-o", "json"],
+                            check=False, capture_output=True, text=True, env=node.env(), timeout=60)
+    assert staged.returncode == 0 and "rke2dd" in [item["metadata"]["name"] for item in json.loads(staged.stdout)["items"]], staged.stderr
+    assert node.service("stop").returncode == 0
 
 
 def test_etcd_judges_a_peer_ca_without_cross_signature(lab):

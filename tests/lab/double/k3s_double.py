@@ -1191,6 +1191,7 @@ class Server:
     def run(self):
         os.makedirs(self.lab, exist_ok=True)
         info("Starting %s %s (lab double) as server %s on %s" % (self.program, self.version, self.node, self.ip))
+        stage_rke2_binaries(self.flavor, self.cfg, self.version)
         self.resolve_password()
         joining = bool(self.cfg.get("server"))
         etcd_dir = os.path.join(self.server_dir, "db", "etcd")
@@ -1908,7 +1909,47 @@ def kubeconfig_text(url, ca_file=None, cert_file=None, key_file=None, ca_data=No
 
 
 def mark_ready(lab, unit):
+    # Under lab-service the ready file goes where the service waits for it (a custom data-dir keeps its own lab/).
+    lab = os.environ.get("KUBEPKI_DOUBLE_READY_DIR") or lab
     atomic_write(os.path.join(lab, unit + ".ready"), str(os.getpid()), 0o644)
+
+
+# RKE2 has no kubectl subcommand: at every server/agent start it extracts kubectl (crictl, ctr, ...) from its
+# runtime image into <data-dir>/data/<release ref digest>/bin and points the <data-dir>/bin symlink there.
+RKE2_RUNTIME_IMAGE = "index.docker.io/rancher/rke2-runtime"
+STAGED_KUBECTL = """#!/bin/sh
+# kubectl staged by the kubepki lab double at rke2 start (RKE2 extracts the real one from its runtime image).
+# Like the real kubectl it has no RKE2 default: --kubeconfig, KUBECONFIG or ~/.kube/config.
+exec {python} {double} lab-kubectl "$@"
+"""
+
+
+def rke2_release_dir(version):
+    """releaseRefDigest of the runtime image tag: <tag>-<first 12 hex of sha256(image reference)>."""
+    tag = version.replace("+", "-")
+    return "%s-%s" % (tag, hashlib.sha256(("%s:%s" % (RKE2_RUNTIME_IMAGE, tag)).encode()).hexdigest()[:12])
+
+
+def stage_rke2_binaries(flavor, cfg, version):
+    """RKE2 only: write <data-dir>/data/<release>/bin/kubectl and (re)point <data-dir>/bin at that directory."""
+    if not flavor.rke2:
+        return None
+    data_dir = cfg["data-dir"]
+    bin_dir = os.path.join(data_dir, "data", rke2_release_dir(version), "bin")
+    os.makedirs(bin_dir, mode=0o755, exist_ok=True)
+    script = STAGED_KUBECTL.format(python=shlex.quote(sys.executable or "/usr/bin/python3"), double=shlex.quote(os.path.abspath(__file__)))
+    atomic_write(os.path.join(bin_dir, "kubectl"), script, 0o755)
+    link = os.path.join(data_dir, "bin")
+    if not (os.path.islink(link) and os.readlink(link) == bin_dir):
+        if os.path.isdir(link) and not os.path.islink(link):
+            fatal("%s is a directory, not the symlink to the staged binaries" % link)
+        tmp = "%s.tmp-%d" % (link, os.getpid())
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        os.symlink(bin_dir, tmp)
+        os.replace(tmp, link)
+    info("Staged kubectl in %s (%s -> %s)" % (bin_dir, link, bin_dir))
+    return bin_dir
 
 
 # --------------------------------------------------------------------------------------------------
@@ -2208,6 +2249,7 @@ class Agent:
     def run(self):
         os.makedirs(self.lab, exist_ok=True)
         info("Starting %s agent %s (lab double) for %s" % (self.program, self.version, self.node))
+        stage_rke2_binaries(self.flavor, self.cfg, self.version)
         self.register()
         mark_ready(self.lab, self.flavor.agent_unit)
         stopping = threading.Event()
@@ -2523,15 +2565,25 @@ def kubectl_create(server, ctx, flags, positionals):
     return 0
 
 
-def cmd_kubectl(flavor, args):
+def cmd_kubectl(flavor, args, standalone=False):
+    """`k3s kubectl ...`, or (standalone) the kubectl that RKE2 stages: no distribution default kubeconfig."""
     translated = {"-n": "--namespace", "-f": "--filename"}
     flags, positionals = parse_flags([translated.get(arg, arg) for arg in args])
-    kubeconfig = flags.get("kubeconfig") or os.environ.get("KUBECONFIG")
-    if not kubeconfig:
+    kubeconfig = flags.get("kubeconfig")
+    if not kubeconfig and standalone:
+        # client-go: the KUBECONFIG list (first existing file here, no merging), else ~/.kube/config.
+        candidates = [c for c in os.environ.get("KUBECONFIG", "").split(os.pathsep) if c] or [os.path.expanduser("~/.kube/config")]
+        kubeconfig = next((c for c in candidates if os.path.exists(c)), None)
+    elif not kubeconfig:
+        kubeconfig = os.environ.get("KUBECONFIG")
+    if not kubeconfig and not standalone:
         candidates = [os.path.join(flavor.etc, "%s.yaml" % flavor.program), rooted("/var/lib/rancher/%s/server/cred/admin.kubeconfig" % flavor.program)]
         kubeconfig = next((c for c in candidates if os.path.exists(c)), candidates[0])
     if len(positionals) < 1 or positionals[0] not in ("get", "create"):
         sys.stderr.write(KUBECTL_USAGE)
+        return 1
+    if not kubeconfig:
+        sys.stderr.write("The connection to the server localhost:8080 was refused - did you specify the right host or port?\n")
         return 1
     try:
         server, ctx = load_kubeconfig(kubeconfig)
@@ -2725,6 +2777,7 @@ def service_action(unit, action):
         argv = [sys.executable, os.path.abspath(__file__)] + argv[1:]
         env["KUBEPKI_DOUBLE_PROGRAM"] = program
     env["KUBEPKI_DOUBLE_UNIT"] = unit
+    env["KUBEPKI_DOUBLE_READY_DIR"] = lab
     ready = os.path.join(lab, unit + ".ready")
     if os.path.exists(ready):
         os.unlink(ready)
@@ -2805,18 +2858,35 @@ USAGE = """usage: {p} [--version] <command>
   certificate rotate-ca --path P [--force] [--server URL]
   certificate rotate [--service S ...]
   certificate check [-o text|table|json|yaml]
-  kubectl get --raw PATH | get nodes [-o json] | create token NAME [-n NS] [--duration D] | create -f FILE [-o json]
-  lab-service UNIT start|stop|restart|status   (called by /etc/init.d/UNIT)
+{kubectl}  lab-service UNIT start|stop|restart|status   (called by /etc/init.d/UNIT)
   install [--root R] [--python /usr/bin/python3] | uninstall [--root R]
 """
+
+
+def usage(flavor):
+    kubectl = ("  kubectl get --raw PATH | get nodes [-o json] | create token NAME [-n NS] [--duration D] | create -f FILE [-o json]\n"
+               if not flavor.rke2 else
+               "  (no kubectl command: server/agent stage <data-dir>/data/<release>/bin/kubectl, linked as <data-dir>/bin)\n")
+    return USAGE.format(p=flavor.program, kubectl=kubectl)
+
+
+# Upstream rke2 commands (cmd/rke2/main.go) and the double's own lab commands.
+RKE2_COMMANDS = ("server", "agent", "etcd-snapshot", "certificate", "secrets-encrypt", "token", "completion", "help", "h")
+LAB_COMMANDS = ("lab-service", "lab-hash-ca", "lab-kubectl", "install", "uninstall")
 
 
 def main(argv=None):
     argv = list(sys.argv if argv is None else argv)
     flavor = Flavor(program_name(argv[0]))
     args = argv[1:]
+    if flavor.rke2 and args and not args[0].startswith("-"):
+        # urfave/cli runs its help command for an unknown command: ShowCommandHelp -> Exit("No help topic ...", 3).
+        topic = args[1] if args[0] in ("help", "h") and len(args) > 1 else (args[0] if args[0] not in RKE2_COMMANDS + LAB_COMMANDS else None)
+        if topic is not None and topic not in RKE2_COMMANDS:
+            sys.stderr.write("No help topic for '%s'\n" % topic)
+            return 3
     if not args or args[0] in ("-h", "--help", "help"):
-        sys.stdout.write(USAGE.format(p=flavor.program))
+        sys.stdout.write(usage(flavor))
         return 0 if args else 1
     try:
         if args[0] in ("--version", "-v", "version"):
@@ -2849,8 +2919,11 @@ def main(argv=None):
                 sys.stderr.write("unknown certificate subcommand %s\n" % args[1])
                 return 1
             return sub(flavor, args[2:])
-        if args[0] == "kubectl":
+        if args[0] == "kubectl" and not flavor.rke2:
             return cmd_kubectl(flavor, args[1:])
+        if args[0] == "lab-kubectl":
+            # The kubectl staged under <data-dir>/data/<release>/bin by `rke2 server|agent`.
+            return cmd_kubectl(flavor, args[1:], standalone=True)
         if args[0] == "lab-service" and len(args) >= 3 and args[1] in UNITS:
             return service_action(args[1], args[2])
         if args[0] == "lab-hash-ca" and len(args) == 2:
@@ -2867,7 +2940,7 @@ def main(argv=None):
             return 0
     except Fatal:
         return 1
-    sys.stderr.write(USAGE.format(p=flavor.program))
+    sys.stderr.write(usage(flavor))
     return 1
 
 
