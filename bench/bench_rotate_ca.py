@@ -84,8 +84,14 @@ def measure(servers: int, agents: int, workdir: str, env: dict) -> dict:
             per_host[record["host"]] = per_host.get(record["host"], 0) + 1
     server_tasks = [per_host.get("server%d" % i, 0) for i in range(1, servers + 1)]
     agent_tasks = [per_host.get("agent%d" % i, 0) for i in range(1, agents + 1)]
+    spans = {}
+    for record in records:
+        if record["start"] and record["status"] != "skipped":
+            first, last, hosts = spans.get(record["task"], (record["start"], record["end"], 0))
+            spans[record["task"]] = (min(first, record["start"]), max(last, record["end"]), hosts + 1)
     return {"servers": servers, "agents": agents, "wall": wall, "waiting": waiting, "overhead": wall - waiting,
-            "bootstrap": bootstrap_seconds, "server_tasks_max": max(server_tasks), "agent_tasks_max": max(agent_tasks or [0])}
+            "bootstrap": bootstrap_seconds, "server_tasks_max": max(server_tasks), "agent_tasks_max": max(agent_tasks or [0]),
+            "spans": spans}
 
 
 def main() -> int:
@@ -112,6 +118,11 @@ def main() -> int:
         row = ("%d+%d" % (r["servers"], r["agents"]), r["wall"], r["waiting"], r["overhead"], r["server_tasks_max"],
                r["agent_tasks_max"], r["bootstrap"])
         print("%-9s %9.1f %12.1f %10.1f %14d %14d %11.1f" % row)
+    for r in results:
+        print("\n%d+%d: slowest tasks (first start to last end over all hosts; a task repeated per batch sums)"
+              % (r["servers"], r["agents"]))
+        for task, (first, last, hosts) in sorted(r["spans"].items(), key=lambda kv: kv[1][0] - kv[1][1])[:12]:
+            print("  %6.1f s  %3d results  %s" % (last - first, hosts, task))
     if len(results) >= 2 and results[-1]["agents"] != results[0]["agents"]:
         growth = (results[-1]["wall"] - results[0]["wall"]) / (results[-1]["agents"] - results[0]["agents"])
         print("wall time growth per added agent: %.2f s (targets: <= 2 s per agent, overhead <= 60 s for 3+20, "
