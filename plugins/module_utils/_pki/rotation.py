@@ -171,8 +171,28 @@ def _cross_sign(entry, bundle, current_key, request: RotationRequest, prefix: st
     return new_ca, certs_mod.dump_certificates(certificates), key_bytes
 
 
-def _renew_issuer(request: RotationRequest, layout, now):
-    """The intermediate (cert, key, chain above it) that issues renewed cluster CAs."""
+def _staged_intermediate(staging_tls: str, layout, root, now):
+    """An intermediate staged by an earlier run under ``root`` that is still good: (cert, key) or None.
+
+    Reusing it makes a renew with a new intermediate idempotent (the cluster CAs staged under it are kept too)."""
+    cert_data = read_if_exists(os.path.join(staging_tls, layout.intermediate_ca[0]))
+    key_data = read_if_exists(os.path.join(staging_tls, layout.intermediate_ca[1]))
+    if cert_data is None or key_data is None:
+        return None
+    try:
+        cert = certs_mod.load_certificates(cert_data, source="staged intermediate")[0]
+        key = keys_mod.load_private_key(key_data, source="staged intermediate key")
+    except InvalidInputError:
+        return None
+    if not keys_mod.key_matches_certificate(key, cert) or certs_mod.not_after(cert) <= now:
+        return None
+    if not build_chains(cert, roots=[root], at=now, usage=None):
+        return None
+    return cert, key
+
+
+def _renew_issuer(request: RotationRequest, layout, now, staging_tls: str = ""):
+    """The intermediate (cert, key, chain above it, newly staged?) that issues renewed cluster CAs."""
     inter_cert_path = request.intermediate_cert or os.path.join(request.current_path, layout.intermediate_ca[0])
     inter_key_path = request.intermediate_key or os.path.join(request.current_path, layout.intermediate_ca[1])
     if request.root_cert and request.root_key and not request.intermediate_cert:
@@ -183,6 +203,9 @@ def _renew_issuer(request: RotationRequest, layout, now):
         if not keys_mod.key_matches_certificate(root_key, root):
             raise KeyMismatchError("%s does not match %s" % (request.root_key, request.root_cert), path=request.root_key)
         validate_issuing_ca(root, source=request.root_cert, levels_below=2, now=now)
+        reused = _staged_intermediate(staging_tls, layout, root, now) if staging_tls else None
+        if reused is not None:
+            return reused[0], reused[1], [root], True
         inter_key = keys_mod.generate_private_key(request.ca_key_type)
         prefix = request.cn_prefix or layout.program
         inter = certs_mod.build_ca_certificate(subject_common_name=timestamp_cn(prefix, "intermediate-ca", now),
@@ -282,7 +305,7 @@ def plan_rotation(request: RotationRequest, *, now: datetime.datetime | None = N
     if request.mode == "new_root":
         _plan_new_root(request, staging_tls, stage, cas, current, layout)
     else:
-        issuer = _renew_issuer(request, layout, now) if request.mode == "renew" else None
+        issuer = _renew_issuer(request, layout, now, staging_tls) if request.mode == "renew" else None
         if issuer is not None and issuer[3]:
             stage(layout.intermediate_ca[0], certs_mod.dump_certificates([issuer[0]]), False)
             stage(layout.intermediate_ca[1], keys_mod.serialize_private_key(issuer[1], key_format=request.key_format),
@@ -292,9 +315,9 @@ def plan_rotation(request: RotationRequest, *, now: datetime.datetime | None = N
             staged_bundle = read_if_exists(os.path.join(staging_tls, entry.cert))
             staged_key = read_if_exists(os.path.join(staging_tls, entry.key))
             expected_tail = None
-            if issuer is not None and not issuer[3]:
-                # a renew under the existing intermediate keeps an earlier staged CA with the same tail; a
-                # renew with a new intermediate always stages anew (its intermediate is new each run)
+            if issuer is not None:
+                # an earlier staged CA is kept when it hangs below the same intermediate (the existing one, or
+                # the new one an earlier run staged and this run reused)
                 expected_tail = [issuer[0]] + (list(issuer[2]) if issuer[2] else list(bundle[2:]))
             if not already_loaded and _staged_set_satisfies(staged_bundle, staged_key, bundle, request.mode, now,
                                                             expected_tail):
