@@ -622,3 +622,51 @@ def test_summary_of_nothing():
     assert summary["total"] == 0 and summary["soonest"] is None
     assert summary["checked_at"] == "2031-03-01T12:00:00Z"
     assert set(summary["counts"]) == set(expiry.STATUSES)
+
+
+# ------------------------------------------------------------------------------------------------ unchained leaves
+
+def test_unchained_leaves_lists_only_leaves_no_examined_ca_issued(tmp_path, k3s_set):
+    """After a rotation a leaf still issued by the replaced CA chains to nothing on the node."""
+    cas, leaves = k3s_set
+    layout = build_k3s(tmp_path, k3s_set, skip=("client-admin.crt",))
+    tls = layout.tls_dir
+    replaced = make_ca("k3s-client-ca@0")  # the CA a rotation replaced: no file of it is left
+    write_pair(tls, "client-controller.crt", "client-controller.key",
+               make_leaf("system:kube-controller-manager", replaced))
+    # A leaf (CA:false) signed by its own key.
+    self_key = generate_private_key("ecdsa-p256")
+    stand_in = build_ca_certificate(subject_common_name="self-signed-leaf", subject_public_key=self_key.public_key(),
+                                    issuer_certificate=None, issuer_key=self_key, validity_days=3650, now=NOW)
+    self_signed = build_leaf_certificate(subject_common_name="self-signed-leaf",
+                                         subject_public_key=self_key.public_key(), issuer_certificate=stand_in,
+                                         issuer_key=self_key, validity_days=365, server_auth=True, now=NOW)
+    write(os.path.join(tls, "self-signed.crt"), dump_certificates([self_signed]))
+    # An intermediate CA whose issuer is nowhere on the node: unchained, but a CA.
+    orphan_root = make_ca("orphan-root")
+    write(os.path.join(tls, "orphan-intermediate.crt"), make_ca("orphan-intermediate", issuer=orphan_root).pem)
+    write(os.path.join(tls, "garbage.crt"), b"not a certificate\n")
+    result = expiry.check_expiration(layout, now=NOW + DAY)
+    entries = result["certificates"]
+
+    # The entries the rule must ignore really are what the test intends.
+    assert by_path(result, os.path.join(tls, "self-signed.crt"))["signed_by"] == "self"
+    assert by_path(result, os.path.join(tls, "self-signed.crt"))["is_ca"] is False
+    orphan = by_path(result, os.path.join(tls, "orphan-intermediate.crt"))
+    assert orphan["is_ca"] is True and orphan["signed_by"] is None
+    assert by_path(result, os.path.join(tls, "client-admin.crt"))["status"] == "MISSING"
+    assert by_path(result, os.path.join(tls, "garbage.crt"))["status"] == "INVALID"
+    assert by_path(result, os.path.join(tls, "garbage.crt"))["signed_by"] is None
+    assert by_path(result, os.path.join(tls, "client-ca.crt"))["signed_by"] == "self"
+
+    unchained = expiry.unchained_leaves(entries)
+    assert [e["path"] for e in unchained] == [os.path.join(tls, "client-controller.crt")]
+    assert unchained[0]["issuer"] == "CN=k3s-client-ca@0"
+
+
+def test_unchained_leaves_none_on_a_healthy_node(tmp_path, k3s_set):
+    layout = build_k3s(tmp_path, k3s_set)
+    result = expiry.check_expiration(layout, now=NOW + DAY)
+    assert len(result["certificates"]) == len(layout.cas) + len(layout.leaves)
+    assert expiry.unchained_leaves(result["certificates"]) == []
+    assert expiry.unchained_leaves([]) == []

@@ -32,3 +32,18 @@ def test_every_leaf_names_a_known_ca(distribution):
 def test_unknown_distribution():
     with pytest.raises(LayoutError, match="unknown distribution 'k8s'"):
         get_layout("k8s")
+
+
+@pytest.mark.parametrize("distribution, data_dir, kubectl", [
+    ("k3s", None, ["k3s", "kubectl"]),
+    ("k3s", "/srv/k3s", ["k3s", "kubectl"]),
+    ("rke2", None, ["/var/lib/rancher/rke2/bin/kubectl", "--kubeconfig", "/etc/rancher/rke2/rke2.yaml"]),
+    ("rke2", "/srv/rke2", ["/srv/rke2/bin/kubectl", "--kubeconfig", "/etc/rancher/rke2/rke2.yaml"]),
+    ("kubeadm", None, ["kubectl", "--kubeconfig", "/etc/kubernetes/admin.conf"]),
+    ("kubeadm", "/opt/k8s", ["kubectl", "--kubeconfig", "/opt/k8s/admin.conf"]),
+])
+def test_kubectl_per_distribution(distribution, data_dir, kubectl):
+    layout = get_layout(distribution, data_dir=data_dir)
+    assert layout.kubectl == tuple(kubectl)
+    assert layout.as_dict()["kubectl"] == kubectl
+    assert isinstance(layout.as_dict()["kubectl"], list)

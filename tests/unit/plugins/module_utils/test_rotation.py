@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import os
 import shutil
@@ -177,3 +178,74 @@ def test_pathlen_zero_current_ca_cannot_be_cross_signed(tmp_path):
                                                              constrain_path_length=True)))
     with pytest.raises(ChainError, match="use mode renew"):
         rotate(live, tmp_path / "stage")
+
+
+# --- server_ca_sha256 and rotation_id -----------------------------------------------------------
+
+def _first_not_before_id(path) -> str:
+    first = certs.load_certificates(path.read_bytes(), source=str(path))[0]
+    return certs.not_before(first).strftime("%Y%m%dT%H%M%SZ")
+
+
+@pytest.mark.parametrize("mode", ["cross_sign", "new_root"])
+def test_server_ca_sha256_and_stable_rotation_id(tmp_path, mode):
+    live = tmp_path / "live" / "server" / "tls"
+    default_cluster(str(live))
+    stage = tmp_path / "stage"
+    report = rotation.plan_report(rotate(live, stage, mode=mode))
+    staged_server = stage / "tls" / "server-ca.crt"
+    assert report["server_ca_sha256"] == hashlib.sha256(staged_server.read_bytes()).hexdigest()
+    assert report["server_ca_sha256"] != hashlib.sha256((live / "server-ca.crt").read_bytes()).hexdigest()
+    # The id is the new server CA's notBefore (UTC), read here from the staged file.
+    assert report["rotation_id"] == _first_not_before_id(staged_server)
+    assert len(report["rotation_id"]) == 16 and report["rotation_id"][8] == "T" and report["rotation_id"][-1] == "Z"
+
+    # Planned again on the same staging dir: the staged set is reused, same id, same bundle.
+    again = rotation.plan_rotation(rotation.RotationRequest(current_path=str(live), staging_path=str(stage),
+                                                            distribution="k3s", mode=mode))
+    assert not again.changed and not again.already_loaded
+    again_report = rotation.plan_report(again)
+    assert again_report["rotation_id"] == report["rotation_id"]
+    assert again_report["server_ca_sha256"] == report["server_ca_sha256"]
+
+    # Loaded: the live set is now the staged one (as k3s writes it after certificate rotate-ca and a restart).
+    loaded = tmp_path / "loaded" / "server" / "tls"
+    shutil.copytree(str(stage / "tls"), str(loaded))
+    resumed = rotation.plan_rotation(rotation.RotationRequest(current_path=str(loaded), staging_path=str(stage),
+                                                              distribution="k3s", mode=mode))
+    resumed_report = rotation.plan_report(resumed)
+    assert resumed_report["already_loaded"] is True
+    assert resumed_report["rotation_id"] == report["rotation_id"]
+    assert resumed_report["server_ca_sha256"] == hashlib.sha256((loaded / "server-ca.crt").read_bytes()).hexdigest()
+    assert resumed_report["server_ca_sha256"] == report["server_ca_sha256"]
+
+
+def test_next_rotation_gets_a_new_id(tmp_path):
+    live = tmp_path / "live" / "server" / "tls"
+    default_cluster(str(live))
+    first = rotation.plan_report(rotate(live, tmp_path / "stage"))
+    loaded = tmp_path / "loaded" / "server" / "tls"
+    shutil.copytree(str(tmp_path / "stage" / "tls"), str(loaded))
+    later = certs.utcnow() + datetime.timedelta(days=30)
+    plan = rotation.plan_rotation(rotation.RotationRequest(current_path=str(loaded),
+                                                           staging_path=str(tmp_path / "stage2"), distribution="k3s"),
+                                  now=later)
+    rotation.apply_rotation(plan)
+    second = rotation.plan_report(plan)
+    assert not second["already_loaded"]
+    assert second["rotation_id"] == _first_not_before_id(tmp_path / "stage2" / "tls" / "server-ca.crt")
+    assert second["rotation_id"] != first["rotation_id"]
+    assert second["rotation_id"] > first["rotation_id"]
+    assert second["server_ca_sha256"] == hashlib.sha256(
+        (tmp_path / "stage2" / "tls" / "server-ca.crt").read_bytes()).hexdigest()
+
+
+def test_renew_reports_the_staged_server_bundle(tmp_path):
+    live = tmp_path / "server" / "tls"
+    ca_set.apply_plan(ca_set.plan_ca_set(ca_set.CASetRequest(path=str(live), distribution="k3s",
+                                                             root_key_type="ecdsa-p256",
+                                                             intermediate_key_type="ecdsa-p256")))
+    report = rotation.plan_report(rotate(live, tmp_path / "stage", mode="renew"))
+    staged_server = tmp_path / "stage" / "tls" / "server-ca.crt"
+    assert report["server_ca_sha256"] == hashlib.sha256(staged_server.read_bytes()).hexdigest()
+    assert report["rotation_id"] == _first_not_before_id(staged_server)

@@ -506,3 +506,93 @@ def test_scanners_report_offsets():
     assert PASSWORD not in repr(occurrence)
     with pytest.raises(InvalidInputError):
         tokens.scan("nope", text, path="x")
+
+
+# --- backup_root (the backup module's layout) ---------------------------------------------------
+
+def _mode(path):
+    return stat.S_IMODE(os.stat(str(path)).st_mode)
+
+
+def test_backup_root_copies_changed_files_at_their_real_path(tmp_path):
+    etc = tmp_path / "etc" / "rancher" / "k3s"
+    etc.mkdir(parents=True)
+    config = etc / "config.yaml"
+    config_before = "node-name: s1\ntoken: %s\n" % secure()
+    config.write_text(config_before)
+    os.chmod(str(config), 0o640)
+    real_token = tmp_path / "server" / "token"
+    real_token.parent.mkdir()
+    real_token.write_text(secure() + "\n")
+    os.chmod(str(real_token), 0o600)
+    link = tmp_path / "node-token"
+    link.symlink_to(real_token)
+    unchanged = etc / "already.yaml"
+    unchanged.write_text("token: %s\n" % secure(ca_hash=NEW))
+    no_token = etc / "labels.yaml"
+    no_token.write_text("node-label: [a=b]\n")
+    root = tmp_path / "backup" / "20261122T120000Z"
+    plan = tokens.plan_join_tokens(new_hash=NEW, config_files=[str(config), str(unchanged), str(no_token)],
+                                   token_files=[str(link)])
+    assert [f.changed for f in plan.files] == [True, False, False, True]
+
+    backups = tokens.apply_token_plan(plan, backup_root=str(root) + "/", backup_suffix="20260101T000000Z")
+
+    config_copy = str(root) + os.path.realpath(str(config))
+    token_copy = str(root) + os.path.realpath(str(real_token))
+    assert backups == [config_copy, token_copy]
+    with open(config_copy) as handle:
+        assert handle.read() == config_before
+    with open(token_copy) as handle:
+        assert handle.read() == secure() + "\n"
+    assert _mode(config_copy) == 0o600 and _mode(token_copy) == 0o600
+    assert os.path.isfile(token_copy) and not os.path.islink(token_copy)
+    # The backup root and the directories holding the copies are private.
+    assert _mode(root) == 0o700
+    assert _mode(os.path.dirname(config_copy)) == 0o700
+    assert _mode(os.path.dirname(token_copy)) == 0o700
+    # Unchanged files and files without a token are not copied; nothing lands next to the originals.
+    assert not os.path.exists(str(root) + os.path.realpath(str(unchanged)))
+    assert not os.path.exists(str(root) + os.path.realpath(str(no_token)))
+    assert sorted(os.listdir(str(etc))) == ["already.yaml", "config.yaml", "labels.yaml"]
+    assert not [name for name in os.listdir(str(tmp_path / "server")) if name.endswith(".bak")]
+    # The originals are rewritten, their modes kept.
+    assert config.read_text() == "node-name: s1\ntoken: %s\n" % secure(ca_hash=NEW)
+    assert real_token.read_text() == secure(ca_hash=NEW) + "\n"
+    assert _mode(config) == 0o640
+    assert link.is_symlink()
+
+
+def test_backup_root_takes_precedence_over_backup_false(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("token: %s\n" % secure())
+    root = tmp_path / "b"
+    plan = tokens.plan_join_tokens(new_hash=NEW, config_files=[str(path)])
+    backups = tokens.apply_token_plan(plan, backup=False, backup_root=str(root))
+    assert backups == [str(root) + os.path.realpath(str(path))]
+    with open(backups[0]) as handle:
+        assert handle.read() == "token: %s\n" % secure()
+
+
+def test_backup_root_rerun_after_rewrite_copies_nothing(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("token: %s\n" % secure())
+    root = tmp_path / "b"
+    tokens.apply_token_plan(tokens.plan_join_tokens(new_hash=NEW, config_files=[str(path)]), backup_root=str(root))
+    copy = str(root) + os.path.realpath(str(path))
+    again = tokens.plan_join_tokens(new_hash=NEW, config_files=[str(path)])
+    assert tokens.apply_token_plan(again, backup_root=str(root)) == []
+    # The first copy (the pre-rotation content) is still there, not overwritten.
+    with open(copy) as handle:
+        assert handle.read() == "token: %s\n" % secure()
+
+
+def test_without_backup_root_the_copy_stays_next_to_the_file(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("token: %s\n" % secure())
+    plan = tokens.plan_join_tokens(new_hash=NEW, config_files=[str(path)])
+    backups = tokens.apply_token_plan(plan, backup_root=None, backup_suffix="20261122T120000Z")
+    assert backups == [str(path) + ".20261122T120000Z.bak"]
+    assert (tmp_path / "config.yaml.20261122T120000Z.bak").read_text() == "token: %s\n" % secure()
+    assert _mode(backups[0]) == 0o600
+    assert sorted(os.listdir(str(tmp_path))) == ["config.yaml", "config.yaml.20261122T120000Z.bak"]
