@@ -101,6 +101,7 @@ problems:
   elements: str
 """
 
+import os
 import ssl
 import time
 from urllib.error import URLError
@@ -129,6 +130,9 @@ def fetch(url: str, ca_file: str, timeout: float):
 
 def attempt(module, kubectl: list, params: dict, ca_file: str) -> list:
     problems = []
+    if (params["readyz"] or params["ready_nodes"]) and not os.path.exists(kubectl[0]):
+        # RKE2 re-stages <data-dir>/bin at start: a missing kubectl right after a restart is worth a retry
+        return ["kubectl: %s does not exist (yet)" % kubectl[0]]
     if params["readyz"]:
         rc, out, err = module.run_command(kubectl + ["get", "--raw", "/readyz"])
         problem = readyz_problem(rc, out, err)
@@ -163,10 +167,11 @@ def main():
     params = module.params
     layout = run_engine(module, get_layout, params["distribution"], data_dir=params["data_dir"])
     kubectl = list(layout.kubectl)
-    if params["readyz"] or params["ready_nodes"]:
-        found = module.get_bin_path(kubectl[0], required=False) if "/" not in kubectl[0] else kubectl[0]
+    if (params["readyz"] or params["ready_nodes"]) and "/" not in kubectl[0]:
+        found = module.get_bin_path(kubectl[0], required=False)
         if not found:
-            module.fail_json(msg="%s not found on the PATH of %s" % (kubectl[0], layout.distribution))
+            module.fail_json(msg="%s not found on the PATH of %s" % (kubectl[0], layout.distribution),
+                             attempts=0, elapsed=0.0, problems=["%s not found" % kubectl[0]])
         kubectl[0] = found
     ca_file = params["cacerts_ca_file"] or layout.tls_path("server-ca.crt")
     started = time.monotonic()

@@ -257,7 +257,7 @@ def main():
         module.warn(warning)
     if plan.changed and not module.check_mode:
         result["backup_files"] = run_engine(module, apply_token_plan, plan, backup=params["backup"],
-                                             backup_root=params["backup_dir"])
+                                            backup_root=params["backup_dir"])
     if module._diff and plan.changed:
         result["diff"] = plan_diff(plan)
     module.exit_json(changed=plan.changed, **result)

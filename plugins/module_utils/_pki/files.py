@@ -56,14 +56,28 @@ def check_writable_dir(path: str) -> None:
 
 
 def ensure_dir(path: str, *, mode: int = PRIVATE_DIR_MODE) -> bool:
-    """Create ``path`` (and parents) with ``mode``; return True when something was created."""
+    """Create ``path`` and its missing parents, each with ``mode``; return True when something was created.
+
+    Every directory created here gets ``mode`` (os.makedirs would give the parents the umask's default)."""
     if os.path.isdir(path):
         return False
-    try:
-        os.makedirs(path, mode=mode)
-        os.chmod(path, mode)  # makedirs honours the umask
-    except OSError as exc:
-        raise WriteError("cannot create directory %s: %s" % (path, exc.strerror), path=path) from None
+    missing = []
+    current = os.path.abspath(path)
+    while not os.path.isdir(current):
+        missing.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, mode)
+            os.chmod(directory, mode)  # mkdir honours the umask
+        except FileExistsError:
+            if not os.path.isdir(directory):
+                raise WriteError("cannot create directory %s: a file is in the way" % directory, path=directory) from None
+        except OSError as exc:
+            raise WriteError("cannot create directory %s: %s" % (directory, exc.strerror), path=directory) from None
     return True
 
 

@@ -18,8 +18,12 @@ import json
 def parse_nodes(text: str) -> dict:
     """``kubectl get nodes -o json`` → {name: (ready: bool, reason: str)}; raises ValueError on bad JSON."""
     data = json.loads(text) if isinstance(text, (str, bytes)) else (text or {})
+    if not isinstance(data, dict) or not isinstance(data.get("items") or [], list):
+        raise ValueError("not a node list: %s" % type(data).__name__)
     nodes = {}
-    for item in (data or {}).get("items", []):
+    for item in data.get("items") or []:
+        if not isinstance(item, dict):
+            raise ValueError("node list item is not an object")
         name = (item.get("metadata") or {}).get("name")
         if not name:
             continue
@@ -28,8 +32,8 @@ def parse_nodes(text: str) -> dict:
             nodes[name] = (False, "no Ready condition yet")
         else:
             is_ready = ready.get("status") == "True"
-            reason = "" if is_ready else "Ready=%s %s %s" % (ready.get("status"), ready.get("reason") or "",
-                                                              ready.get("message") or "")
+            reason = "" if is_ready else "Ready=%s %s %s" % (
+                ready.get("status"), ready.get("reason") or "", ready.get("message") or "")
             nodes[name] = (is_ready, reason.strip())
     return nodes
 

@@ -44,9 +44,10 @@ def preflight_problems(results: dict, servers: list, agents: list | None = None,
                                    if fingerprints.get(name) != reference.get(name))
                 problems.append("%s: CA fingerprints differ from %s's (%s); every server must hold the same CAs"
                                 % (host, reference_host, ", ".join(differing)))
-    if servers and healthy == 0 and not any(p.endswith("(unreachable or node_info failed)") for p in problems):
-        details = "; ".join("%s: %s" % (h, (_node(results, h) or {}).get("health_problem") or "not asked")
-                            for h in servers)
+    reachable_servers = [h for h in servers if (_node(results, h) or {}).get("role") == "server"]
+    if reachable_servers and healthy == 0:
+        details = "; ".join("%s: %s" % (h, _node(results, h).get("health_problem") or "not asked")
+                            for h in reachable_servers)
         problems.append("no healthy server to stage on (readyz failed everywhere: %s)" % details)
     return problems
 

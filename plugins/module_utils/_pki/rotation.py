@@ -396,8 +396,8 @@ def apply_rotation(plan: RotationPlan) -> None:
 
 
 def rotation_id(plan: RotationPlan) -> str:
-    """Stable name of this rotation: when the new server CA was made. A resumed run (staged, or loaded and
-    running) gets the same id, so its backups land in the same directory."""
+    """Stable name of this rotation: the new server CA's notBefore (backdated a few minutes like every CA we
+    make). A resumed run (staged, or loaded and running) gets the same id, so its backups land in one place."""
     server = next((c for c in plan.cas if c.name == "server-ca"), None)
     if server is None:
         return "unknown"

@@ -880,7 +880,8 @@ def token_files_on_node(layout, *, root: str = "") -> list:
         except InvalidInputError as exc:
             occurrences, problem = [], exc.message
         if occurrences or problem:
-            found.append({"path": path, "kind": kind, "keys": [o.key for o in occurrences], "problem": problem})
+            found.append({"path": path, "realpath": real, "kind": kind, "keys": [o.key for o in occurrences],
+                          "problem": problem})
     return found
 
 

@@ -179,3 +179,10 @@ def test_cacerts_no_expected_hash_only_needs_the_fetch():
     assert health.cacerts_problem(BUNDLE, None, None) is None
     assert health.cacerts_problem(BUNDLE, None, "") is None
     assert health.cacerts_problem(b"", None, None) is None
+
+
+@pytest.mark.parametrize("text", ["[1]", "5", '"x"', '{"items": ["a"]}', '{"items": 3}'])
+def test_parse_nodes_refuses_json_that_is_no_node_list(text):
+    with pytest.raises(ValueError):
+        health.parse_nodes(text)
+    assert health.nodes_problems(0, text, "", ["n1"])[0].startswith("nodes: kubectl printed no JSON")

@@ -160,13 +160,24 @@ def test_one_healthy_server_is_enough():
     assert preflight.preflight_problems(results, SERVERS, AGENTS) == []
 
 
-def test_unreachable_server_is_reported_instead_of_no_healthy_server():
+def test_unreachable_server_and_no_healthy_server_are_both_reported():
     results = fleet()
     del results["s1"]
     results["s2"] = server(healthy=False, health_problem="readyz: rc 1")
     results["s3"] = server(healthy=False, health_problem="readyz: rc 1")
     assert preflight.preflight_problems(results, SERVERS, AGENTS) == [
-        "s1: no node facts (unreachable or node_info failed)"]
+        "s1: no node facts (unreachable or node_info failed)",
+        "no healthy server to stage on (readyz failed everywhere: s2: readyz: rc 1; s3: readyz: rc 1)"]
+
+
+def test_unreachable_agent_does_not_hide_unhealthy_servers():
+    results = fleet()
+    del results[AGENTS[0]]
+    for name in SERVERS:
+        results[name] = server(healthy=False, health_problem="readyz: rc 1")
+    problems = preflight.preflight_problems(results, SERVERS, AGENTS)
+    assert problems[0] == "%s: no node facts (unreachable or node_info failed)" % AGENTS[0]
+    assert problems[1].startswith("no healthy server to stage on")
 
 
 def test_input_is_not_modified():

@@ -596,3 +596,12 @@ def test_without_backup_root_the_copy_stays_next_to_the_file(tmp_path):
     assert (tmp_path / "config.yaml.20261122T120000Z.bak").read_text() == "token: %s\n" % secure()
     assert _mode(backups[0]) == 0o600
     assert sorted(os.listdir(str(tmp_path))) == ["config.yaml", "config.yaml.20261122T120000Z.bak"]
+
+
+def test_backup_root_parents_are_all_private(tmp_path):
+    from ansible_collections.kubepki.certs.plugins.module_utils._pki.files import ensure_dir
+    target = tmp_path / "backup" / "etc" / "rancher" / "k3s"
+    assert ensure_dir(str(target))
+    for directory in (tmp_path / "backup", tmp_path / "backup" / "etc", tmp_path / "backup" / "etc" / "rancher", target):
+        assert oct(os.stat(directory).st_mode & 0o777) == oct(0o700), directory
+    assert not ensure_dir(str(target))

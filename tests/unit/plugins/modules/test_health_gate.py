@@ -11,6 +11,7 @@ import json
 import os
 import ssl
 import stat
+import sys
 import threading
 
 import pytest
@@ -167,7 +168,8 @@ NODES_READY = json.dumps({"items": [
 ]})
 
 
-KUBECTL = ["/srv/rke2/bin/kubectl", "--kubeconfig", "/etc/rancher/rke2/rke2.yaml"]
+# any existing executable stands in for <data-dir>/bin/kubectl: attempt() checks that the file exists
+KUBECTL = [os.path.realpath(sys.executable), "--kubeconfig", "/etc/rancher/rke2/rke2.yaml"]
 
 
 class FakeModule:
@@ -196,6 +198,13 @@ def test_attempt_all_pass(pki):
                                    pki["ca_file"])
     assert problems == []
     assert module.calls == [KUBECTL + ["get", "--raw", "/readyz"], KUBECTL + ["get", "nodes", "-o", "json"]]
+
+
+def test_attempt_missing_kubectl_is_a_retryable_problem(pki):
+    module = FakeModule({})
+    problems = health_gate.attempt(module, ["/nonexistent/rke2/bin/kubectl"] + KUBECTL[1:], params(), pki["ca_file"])
+    assert problems == ["kubectl: /nonexistent/rke2/bin/kubectl does not exist (yet)"]
+    assert module.calls == []
 
 
 def test_attempt_every_failure_named(pki):
