@@ -105,9 +105,10 @@ import os
 import ssl
 import time
 from urllib.error import URLError
-from urllib.request import urlopen
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.urls import ConnectionError as UrlsConnectionError
+from ansible.module_utils.urls import open_url
 
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.health import (
     cacerts_problem,
@@ -120,11 +121,16 @@ from ansible_collections.kubepki.certs.plugins.module_utils._pki.module_edge imp
 
 def fetch(url: str, ca_file: str, timeout: float):
     """(body, None) or (None, why): verification failures are reported, never bypassed."""
+    if not os.path.isfile(ca_file):
+        return None, "CA file %s: No such file or directory" % ca_file
     try:
-        context = ssl.create_default_context(cafile=ca_file)
-        with urlopen(url, context=context, timeout=timeout) as response:  # nosec - URL given by the operator
+        response = open_url(url, ca_path=ca_file, validate_certs=True, timeout=timeout, use_proxy=False,
+                            follow_redirects="none")
+        try:
             return response.read(), None
-    except (OSError, URLError, ssl.SSLError, ValueError) as exc:
+        finally:
+            response.close()
+    except (OSError, URLError, ssl.SSLError, ValueError, UrlsConnectionError) as exc:
         return None, str(getattr(exc, "reason", exc))[:300]
 
 
