@@ -828,3 +828,23 @@ def test_etcd_judges_a_peer_ca_without_cross_signature(lab):
     finally:
         second.service("stop")
         first.service("stop")
+
+
+def test_lab_fail_readyz_knob_and_kubectl_error_format(lab):
+    """lab-fail-readyz: only /readyz fails (500 with a reason), the server runs; `kubectl get --raw` reports it as the real
+    kubectl does (checked against kubectl v1.32): nothing on stdout, one stderr line with the body Go-quoted."""
+    node = lab.node("failrdz")
+    node.config(**{"cluster-init": True, "disable-etcd": True, "lab-fail-readyz": True,
+                   "lab-datastore": os.path.join(lab.base, "datastore-failrdz")})
+    started(node)
+    try:
+        result = node.run("kubectl", "get", "--raw", "/readyz")
+        assert (result.returncode, result.stdout) == (1, ""), result
+        assert result.stderr == ('Error from server (InternalError): an error on the server ("[-]lab-fail-readyz failed: reason: fault '
+                                 'injected by the lab config (lab-fail-readyz: true)\\nreadyz check failed") has prevented the request '
+                                 'from succeeding\n'), result.stderr
+        livez = node.run("kubectl", "get", "--raw", "/livez")
+        assert (livez.returncode, livez.stdout) == (0, "ok"), livez
+        assert "failrdz" in get_nodes(node)
+    finally:
+        node.service("stop")

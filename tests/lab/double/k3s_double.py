@@ -2565,6 +2565,12 @@ def kubectl_create(server, ctx, flags, positionals):
     return 0
 
 
+def go_quote(text):
+    """Go's strconv.Quote (fmt %q): double quotes, backslash escapes for quotes, backslashes and control characters."""
+    escapes = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+    return '"%s"' % "".join(escapes.get(ch) or ("\\x%02x" % ord(ch) if ord(ch) < 0x20 or ord(ch) == 0x7f else ch) for ch in text)
+
+
 def cmd_kubectl(flavor, args, standalone=False):
     """`k3s kubectl ...`, or (standalone) the kubectl that RKE2 stages: no distribution default kubeconfig."""
     translated = {"-n": "--namespace", "-f": "--filename"}
@@ -2604,11 +2610,12 @@ def cmd_kubectl(flavor, args, standalone=False):
         sys.stderr.write("Unable to connect to the server: %s\n" % exc)
         return 1
     if raw:
-        sys.stdout.write(body.decode(errors="replace"))
         if status >= 400:
-            sys.stderr.write("Error from server (InternalError): an error on the server (\"%s\") has prevented the request from succeeding\n"
-                             % body.decode(errors="replace").strip())
+            # As kubectl (client-go's NewGenericServerResponse): nothing on stdout, the body Go-quoted (%q) on one line.
+            sys.stderr.write("Error from server (InternalError): an error on the server (%s) has prevented the request from succeeding\n"
+                             % go_quote(body.decode(errors="replace").strip()))
             return 1
+        sys.stdout.write(body.decode(errors="replace"))
         return 0
     if status >= 400:
         sys.stderr.write("error: You must be logged in to the server (%s)\n" % body.decode(errors="replace").strip())
