@@ -109,6 +109,18 @@ options:
   cn_prefix:
     description: Prefix of created common names. Defaults to the program name.
     type: str
+  bundle_order:
+    description:
+      - Order of the two new roots in a O(mode=cross_sign) bundle, after the new CA.
+      - C(upstream) puts the new self-signed root first, then its cross-signed twin, as upstream's example script
+        does.
+      - C(cross_signed_first) puts the twin first. Go clients (k3s, kubelet, etcd, kubectl) verify either order.
+        OpenSSL-based clients (curl, Python, nginx as a client) that hold only the current CA verify only this
+        one, because OpenSSL follows the first issuer it finds in the presented chain and does not backtrack.
+        rotate-ca's checks accept both.
+    type: str
+    choices: [upstream, cross_signed_first]
+    default: upstream
 seealso:
   - module: kubepki.certs.ca_verify
   - module: kubepki.certs.join_token
@@ -205,6 +217,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.keys import KEY_FORMATS, KEY_TYPES
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.module_edge import require_cryptography, run_engine
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.rotation import (
+    BUNDLE_ORDERS,
     MODES,
     SERVICE_KEY_ACTIONS,
     RotationRequest,
@@ -233,6 +246,7 @@ def main():
             ca_validity_days=dict(type="int", default=3650),
             key_format=dict(type="str", default="traditional", choices=list(KEY_FORMATS), no_log=False),
             cn_prefix=dict(type="str"),
+            bundle_order=dict(type="str", default="upstream", choices=list(BUNDLE_ORDERS)),
         ),
         supports_check_mode=True,
     )

@@ -73,10 +73,20 @@ V3_CA = ("subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid:always\nbasicC
 # staged set -> (live dir key, mode)
 NON_DISRUPTIVE = {"cross_default": ("default", "cross_sign"), "cross_custom": ("custom", "cross_sign"),
                   "cross_rotated": ("rotated", "cross_sign"), "cross_script": ("script_loaded", "cross_sign"),
-                  "renew_custom": ("custom", "renew")}
+                  "renew_custom": ("custom", "renew"), "cross_twin_first": ("default", "cross_sign")}
+# module options beyond the mode, per set (also used by the reruns)
+EXTRA_OPTIONS = {"cross_twin_first": {"bundle_order": "cross_signed_first"}}
 ALL_SETS = dict(NON_DISRUPTIVE, new_root=("default", "new_root"))
 # expected staged bundle lengths: new CA + new root + cross-signed root + current chain; renew: CA + inter + root
-BUNDLE_LENGTH = {"cross_default": 4, "cross_custom": 6, "cross_rotated": 7, "cross_script": 7, "renew_custom": 3}
+BUNDLE_LENGTH = {"cross_default": 4, "cross_custom": 6, "cross_rotated": 7, "cross_script": 7, "renew_custom": 3,
+                 "cross_twin_first": 4}
+
+
+def roots_of(name: str, staged: list) -> tuple:
+    """(new self-signed root, cross-signed twin) of a cross_sign bundle, in the order the set asked for."""
+    if EXTRA_OPTIONS.get(name, {}).get("bundle_order") == "cross_signed_first":
+        return staged[2], staged[1]
+    return staged[1], staged[2]
 # staged sets built with the openssl CLI (upstream rotate-default-ca-certs.sh's algorithm), judged by ca_verify
 # and Go alike: the script's set, the same without the cross-signed roots, the script's set with a wrong key
 HAND_MADE = ("openssl_cross", "openssl_no_cross", "openssl_wrong_key")
@@ -292,6 +302,7 @@ def _rotation(lab: Lab, name: str, **extra) -> dict:
     live_key, mode = ALL_SETS[name]
     options = {"current_path": lab.live[live_key], "staging_path": lab.stage(name), "distribution": "k3s",
                "mode": mode}
+    options.update(EXTRA_OPTIONS.get(name, {}))
     options.update(extra)
     return options
 
@@ -343,6 +354,7 @@ def lab(tmp_path_factory, openssl):
              check_mode=True),
         dict(rotation("check stale", "cross_default", staging_path=the_lab.stage("check_stale")), check_mode=True),
         rotation("cross_custom", "cross_custom"),
+        rotation("cross_twin_first", "cross_twin_first"),
         rotation("renew_custom", "renew_custom"),
         rotation("new_root", "new_root"),
         rotation("refuse tls is live", "cross_default", staging_path=os.path.dirname(default_live)),
@@ -461,7 +473,7 @@ def test_staged_layout(lab, name, openssl, tmp_path):
             assert [read_text(c) for c in staged[1:]] == [read_text(c) for c in live[1:]], "%s: chain kept" % ca
             assert len(keys) == 1
             continue
-        new_ca, root, cross = staged[0], staged[1], staged[2]
+        new_ca, (root, cross) = staged[0], roots_of(name, staged)
         # the current chain follows, unchanged
         assert [read_text(c) for c in staged[3:]] == [read_text(c) for c in live], "%s: current chain kept" % ca
         # key file: new CA key, then the new root key
@@ -510,9 +522,9 @@ def test_token_ca_hash(lab, name, go_verifier, openssl, tmp_path):
         with open(live_server, "rb") as handle:
             assert before == hashlib.sha256(handle.read()).hexdigest()
     if ALL_SETS[name][1] == "cross_sign":
-        new_root = staged[1]
+        new_root = roots_of(name, staged)[0]
         subject, issuer = cert_info(openssl, new_root)["subject"], cert_info(openssl, new_root)["issuer"]
-        assert subject == issuer, "bundle cert #2 is not the new self-signed root: %s / %s" % (subject, issuer)
+        assert subject == issuer, "the new root's place holds no self-signed root: %s / %s" % (subject, issuer)
         assert after == openssl.fingerprint_hex(new_root)
         # upstream's script prints the new intermediate's fingerprint: that is NOT the k3s hash
         assert after != openssl.fingerprint_hex(staged[0])
@@ -553,7 +565,8 @@ def test_continuity_go(lab, name, ca, go_verifier, openssl, tmp_path):
     # the new CA alone (no cross-signed help in the presented chain) is NOT trusted by an old client for a
     # cross-signed set: proves the old-client success above really goes through the cross-signed root
     if ALL_SETS[name][1] == "cross_sign":
-        bare = concat(os.path.join(str(tmp_path), "bare.pem"), new_cert, leaves.staged_certs[0], leaves.staged_certs[1])
+        new_root = roots_of(name, leaves.staged_certs)[0]
+        bare = concat(os.path.join(str(tmp_path), "bare.pem"), new_cert, leaves.staged_certs[0], new_root)
         refused = go_verifier.verify(bare, roots=leaves.live_bundle, usage=usage)
         assert not go_ok(refused), "%s %s: old client trusted a new leaf without the cross-signed root" % (name, ca)
 
@@ -619,24 +632,29 @@ def test_openssl_paths(lab, name, openssl, go_verifier, tmp_path):
             strict = openssl.verify(staged[0], cafile=staged[-1], untrusted=staged[1])
             assert strict.returncode == 0, strict.stdout + strict.stderr
             continue
+        root, cross = roots_of(name, staged)
         # new/new: the new CA under the new self-signed root
-        strict = openssl.verify(staged[0], cafile=staged[1])
+        strict = openssl.verify(staged[0], cafile=root)
         assert strict.returncode == 0, "%s %s new/new: %s%s" % (name, ca, strict.stdout, strict.stderr)
         # old root path with the whole staged tail (self-signed twin first) as untrusted
         tail = concat(os.path.join(leaves.work, "tail.pem"), *staged[1:])
         old_path = openssl.verify(staged[0], cafile=leaves.live_bundle, untrusted=tail)
         go_same = go_verifier.verify(staged[0], roots=leaves.live_bundle, intermediates=tail, usage="server")
         assert go_ok(go_same), "%s %s: Go refuses the old-root path\n%s" % (name, ca, go_detail(go_same))
-        if old_path.returncode != 0:
+        if EXTRA_OPTIONS.get(name, {}).get("bundle_order") == "cross_signed_first":
+            # the point of that order: OpenSSL meets the twin first and reaches the current CA
+            assert old_path.returncode == 0, "%s %s twin first: %s%s" % (name, ca, old_path.stdout, old_path.stderr)
+        elif old_path.returncode != 0:
             assert "self-signed certificate in certificate chain" in old_path.stdout + old_path.stderr, (
                 old_path.stdout + old_path.stderr)
         observed[ca] = old_path.returncode
         # only the cross-signed twin (and the current non-root chain certs) as untrusted: openssl succeeds
-        only_cross = concat(os.path.join(leaves.work, "cross.pem"), staged[2])
-        cross = openssl.verify(staged[0], cafile=leaves.live_bundle, untrusted=only_cross)
-        assert cross.returncode == 0, "%s %s via cross-signed root: %s%s" % (name, ca, cross.stdout, cross.stderr)
+        only_cross = concat(os.path.join(leaves.work, "cross.pem"), cross)
+        via_cross = openssl.verify(staged[0], cafile=leaves.live_bundle, untrusted=only_cross)
+        assert via_cross.returncode == 0, "%s %s via cross-signed root: %s%s" % (name, ca, via_cross.stdout,
+                                                                                via_cross.stderr)
         # the cross-signed cert itself verifies strictly under the current CA
-        xs = openssl.verify(staged[2], cafile=leaves.live_bundle)
+        xs = openssl.verify(cross, cafile=leaves.live_bundle)
         assert xs.returncode == 0, xs.stdout + xs.stderr
     print("openssl old-root path with the self-signed twin untrusted (rc per CA): %s" % observed)
 

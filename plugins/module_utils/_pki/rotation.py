@@ -55,6 +55,10 @@ from ansible_collections.kubepki.certs.plugins.module_utils._pki.service_keys im
 )
 
 MODES = ("cross_sign", "renew", "new_root")
+# cross_sign bundle order after the new CA: upstream's (new self-signed root, then its cross-signed twin), or the
+# twin first, which OpenSSL-based clients holding only the current CA can follow (OpenSSL takes the first issuer
+# candidate of the presented chain and does not backtrack; Go tries every candidate).
+BUNDLE_ORDERS = ("upstream", "cross_signed_first")
 SERVICE_KEY_ACTIONS = ("rotate", "keep")
 
 
@@ -76,6 +80,7 @@ class RotationRequest:
     ca_validity_days: int = 3650
     key_format: str = "traditional"
     cn_prefix: str | None = None
+    bundle_order: str = "upstream"
 
 
 @dataclass
@@ -165,7 +170,8 @@ def _cross_sign(entry, bundle, current_key, request: RotationRequest, prefix: st
     new_ca = certs_mod.build_ca_certificate(subject_common_name=timestamp_cn(prefix, entry.cn_stem, now),
                                             subject_public_key=ca_key.public_key(), issuer_certificate=self_signed,
                                             issuer_key=root_key, validity_days=request.ca_validity_days, now=now)
-    certificates = [new_ca, self_signed, cross_signed] + list(bundle)
+    roots = [cross_signed, self_signed] if request.bundle_order == "cross_signed_first" else [self_signed, cross_signed]
+    certificates = [new_ca] + roots + list(bundle)
     key_bytes = (keys_mod.serialize_private_key(ca_key, key_format=request.key_format)
                  + keys_mod.serialize_private_key(root_key, key_format=request.key_format))
     return new_ca, certs_mod.dump_certificates(certificates), key_bytes
@@ -249,7 +255,7 @@ def _renew(entry, bundle, issuer, request: RotationRequest, prefix: str, now):
 
 
 def _staged_set_satisfies(staged_bundle: bytes | None, staged_key: bytes | None, bundle, mode: str, now,
-                          expected_tail=None) -> bool:
+                          expected_tail=None, bundle_order: str = "upstream") -> bool:
     """Compare, then act: an earlier run's staged CA is kept when it still does the job."""
     if staged_bundle is None or staged_key is None:
         return False
@@ -270,8 +276,11 @@ def _staged_set_satisfies(staged_bundle: bytes | None, staged_key: bytes | None,
     if not build_chains(certificates[0], roots=roots, intermediates=intermediates, at=now, usage=None):
         return False
     if mode == "cross_sign":
-        # new CA, new root, cross-signed root, then exactly the current chain
-        return len(certificates) == len(bundle) + 3 and certificates[-len(bundle):] == list(bundle)
+        # new CA, new root and its cross-signed twin (in the requested order), then exactly the current chain
+        if len(certificates) != len(bundle) + 3 or certificates[-len(bundle):] != list(bundle):
+            return False
+        second_is_self_signed = certificates[1].issuer == certificates[1].subject
+        return second_is_self_signed == (bundle_order != "cross_signed_first")
     # renew: the new CA followed by exactly the issuing intermediate and what is above it
     return expected_tail is not None and certificates[1:] == list(expected_tail)
 
@@ -282,6 +291,8 @@ def plan_rotation(request: RotationRequest, *, now: datetime.datetime | None = N
         raise InvalidInputError("ca_rotation supports k3s and rke2, not %r" % request.distribution)
     if request.mode not in MODES:
         raise InvalidInputError("unknown mode %r; use one of %s" % (request.mode, ", ".join(MODES)))
+    if request.bundle_order not in BUNDLE_ORDERS:
+        raise InvalidInputError("bundle_order must be one of %s" % ", ".join(BUNDLE_ORDERS))
     if request.service_key not in SERVICE_KEY_ACTIONS:
         raise InvalidInputError("service_key must be one of %s" % ", ".join(SERVICE_KEY_ACTIONS))
     now = (now or certs_mod.utcnow()).replace(microsecond=0)
@@ -320,7 +331,7 @@ def plan_rotation(request: RotationRequest, *, now: datetime.datetime | None = N
                 # the new one an earlier run staged and this run reused)
                 expected_tail = [issuer[0]] + (list(issuer[2]) if issuer[2] else list(bundle[2:]))
             if not already_loaded and _staged_set_satisfies(staged_bundle, staged_key, bundle, request.mode, now,
-                                                            expected_tail):
+                                                            expected_tail, request.bundle_order):
                 stage(entry.cert, staged_bundle, False)
                 stage(entry.key, staged_key, True)
                 new_first = certs_mod.load_certificates(staged_bundle, source=entry.cert)[0]
