@@ -719,7 +719,7 @@ class TestK3sCrossSign:
         assert fatal, "no failure reported for server2:\n%s" % output[-6000:]
         assert "Gate" in output.split(fatal[0])[0].rsplit("TASK [", 1)[1].split("]", 1)[0], "server2 failed outside the gate:\n%s" % output[-6000:]
         # why: the failed readyz check and its reason, as the apiserver answered ("[-]<check> failed: <reason>")
-        assert "readyz" in fatal[0] and "[-]lab-fail-readyz failed" in fatal[0], "the failure does not say why: %s" % fatal[0][:2000]
+        assert "readyz" in fatal[0] and "failed checks: lab-fail-readyz" in fatal[0], "the failure does not say why: %s" % fatal[0][:2000]
         after = lab.service_pids()
         assert after["server1"] != pids["server1"], "server1 was not restarted before server2"
         assert after["server2"] != pids["server2"], "server2 was not restarted (its gate cannot have run)"
@@ -757,6 +757,31 @@ class TestRke2CrossSign:
 
     def test_04_second_run_changes_nothing(self, rke2_lab):
         step_second_run(rke2_lab)
+
+    def test_05_rollback_restores_the_original_cas_and_tokens(self, rke2_lab, work_dir):
+        """rollback.yml with the rotation's id: every node back on the original CAs and join tokens, leaves
+        re-issued by the original CAs, agents Ready; a second rollback changes nothing."""
+        lab = rke2_lab
+        need(lab, "rotated")
+        backups = sorted(os.listdir(lab.path(lab.servers[0], "/var/lib/kubepki/backup")))
+        assert len(backups) == 1, "want one rotation's backup on server1: %s" % backups
+        rotated = lab.ca_bundles(lab.servers[0])
+        rc, output = lab.playbook("rollback.yml", "-e", "kubepki_rollback_id=%s" % backups[0])
+        assert rc == 0, "rollback.yml failed (rc %d):\n%s" % (rc, output[-6000:])
+        original = lab.ctx["old_bundles"]
+        for host in lab.servers:
+            assert lab.ca_bundles(host) == original, "%s: not back on the original CA bundles" % host
+        assert lab.tokens() == lab.ctx["tokens_before"], "join tokens not restored"
+        assert lab.hash_ca(lab.tls(lab.servers[0], "server-ca.crt")) == lab.ctx["old_token_hash"]
+        assert_agents_on_new_bundle(lab)  # every node's agent/ copy equals the servers' (now original) bundles
+        trust = "".join(pem(bundle[0]) for bundle in original.values())
+        assert_leaves_chain(lab, rotated, original, trust, os.path.join(work_dir, lab.state["name"] + "-rollback"))
+        pids = lab.service_pids()
+        rc, output = lab.playbook("rollback.yml", "-e", "kubepki_rollback_id=%s" % backups[0])
+        assert rc == 0, "second rollback.yml failed (rc %d):\n%s" % (rc, output[-6000:])
+        changed = {h: r["changed"] for h, r in recap(output).items() if r["changed"] or r["failed"]}
+        assert not changed, "the second rollback changed something: %s" % changed
+        assert lab.service_pids() == pids, "the second rollback restarted a service"
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 
 def parse_nodes(text: str) -> dict:
@@ -45,10 +46,21 @@ def ready_node_names(text) -> list:
     return sorted(name for name, (ready, _reason) in parse_nodes(text).items() if ready)
 
 
+# "[-]etcd failed: reason withheld" in readyz's verbose body; kubectl prints it Go-quoted on one line ("\\n")
+_FAILED_CHECK = re.compile(r"\[-\]([^\s\\\[]+) failed(?:: ([^\\\n\[]*))?")
+
+
 def readyz_problem(rc: int, out: str, err: str) -> str | None:
+    """None when readyz answered ok; else the failed checks by name (the body lists ~25, a cut line would lose
+    the one that failed), or kubectl's last error line."""
     if rc == 0 and out.strip().startswith("ok"):
         return None
-    detail = (err or out or "").strip().splitlines()
+    text = (err or "") + "\n" + (out or "")
+    failed = ["%s (%s)" % (name, reason.strip()) if reason and reason.strip() else name
+              for name, reason in _FAILED_CHECK.findall(text)]
+    if failed:
+        return "readyz: rc %d: failed checks: %s" % (rc, ", ".join(failed))
+    detail = text.strip().splitlines()
     return "readyz: rc %d%s" % (rc, (": " + detail[-1][:300]) if detail else "")
 
 

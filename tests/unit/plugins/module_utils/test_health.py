@@ -108,7 +108,8 @@ def test_readyz_failure_names_rc_and_last_error_line():
 
 def test_readyz_rc0_but_not_ok_uses_stdout():
     assert health.readyz_problem(0, "[-]etcd failed: reason withheld\nreadyz check failed\n", "") == \
-        "readyz: rc 0: readyz check failed"
+        "readyz: rc 0: failed checks: etcd (reason withheld)"
+    assert health.readyz_problem(0, "not ready\n", "") == "readyz: rc 0: not ready"
 
 
 def test_readyz_no_output_and_long_line_cut():
@@ -186,3 +187,12 @@ def test_parse_nodes_refuses_json_that_is_no_node_list(text):
     with pytest.raises(ValueError):
         health.parse_nodes(text)
     assert health.nodes_problems(0, text, "", ["n1"])[0].startswith("nodes: kubectl printed no JSON")
+
+
+def test_readyz_problem_names_the_failed_checks_of_a_long_body():
+    checks = "".join("[+]check-%02d ok\\n" % i for i in range(24))
+    err = ('Error from server (InternalError): an error on the server ("%s[-]etcd failed: reason withheld\\n'
+           '[-]lab-fail-readyz failed: reason: injected\\nreadyz check failed") has prevented the request from '
+           'succeeding\n' % checks)
+    assert health.readyz_problem(1, "", err) == (
+        "readyz: rc 1: failed checks: etcd (reason withheld), lab-fail-readyz (reason: injected)")
