@@ -14,6 +14,7 @@ DEMO_DIR="${KUBEPKI_DEMO_DIR:-${ROOT}/demo-output}"
 LAB="${DEMO_DIR}/lab"
 SERVERS="${KUBEPKI_DEMO_SERVERS:-3}"
 AGENTS="${KUBEPKI_DEMO_AGENTS:-2}"
+cd "${ROOT}"  # the repository's ansible.cfg (pipelining, forks) applies to every playbook run below
 
 bash "${ROOT}/scripts/bootstrap.sh" >/dev/null
 
@@ -61,7 +62,7 @@ python3 "${PROBE}" start --out "${DEMO_DIR}/probe" --lab-state "${LAB}/state.jso
     --old-ca "${DEMO_DIR}/probe-ca/old.crt" --current-ca-file "${DEMO_DIR}/probe-ca/current.crt" \
     --client-cert "${DEMO_DIR}/probe-ca/client-admin.crt" --client-key "${DEMO_DIR}/probe-ca/client-admin.key" \
     --etcd-cacert "${DEMO_DIR}/probe-ca/etcd-ca.crt" --etcd-cert "${DEMO_DIR}/probe-ca/client.crt" \
-    --etcd-key "${DEMO_DIR}/probe-ca/client.key" --interval 0.5 --duration 900 >/dev/null
+    --etcd-key "${DEMO_DIR}/probe-ca/client.key" --interval 0.5 --duration 900 --path /version >/dev/null
 start=$(date +%s)
 "${PLAYBOOK}" -i "${LAB}/inventory.ini" "${ROOT}/rotate-ca.yml" | tee "${DEMO_DIR}/rotate-ca.log" \
     | grep -E 'PLAY \[|staged on|token CA hash|ok=' || { echo "rotate-ca.yml failed: see ${DEMO_DIR}/rotate-ca.log"; exit 1; }
