@@ -87,6 +87,8 @@ def roots_of(name: str, staged: list) -> tuple:
     if EXTRA_OPTIONS.get(name, {}).get("bundle_order") == "cross_signed_first":
         return staged[2], staged[1]
     return staged[1], staged[2]
+
+
 # staged sets built with the openssl CLI (upstream rotate-default-ca-certs.sh's algorithm), judged by ca_verify
 # and Go alike: the script's set, the same without the cross-signed roots, the script's set with a wrong key
 HAND_MADE = ("openssl_cross", "openssl_no_cross", "openssl_wrong_key")
@@ -651,8 +653,8 @@ def test_openssl_paths(lab, name, openssl, go_verifier, tmp_path):
         # only the cross-signed twin (and the current non-root chain certs) as untrusted: openssl succeeds
         only_cross = concat(os.path.join(leaves.work, "cross.pem"), cross)
         via_cross = openssl.verify(staged[0], cafile=leaves.live_bundle, untrusted=only_cross)
-        assert via_cross.returncode == 0, "%s %s via cross-signed root: %s%s" % (name, ca, via_cross.stdout,
-                                                                                via_cross.stderr)
+        assert via_cross.returncode == 0, "%s %s via cross-signed root: %s%s" % (
+            name, ca, via_cross.stdout, via_cross.stderr)
         # the cross-signed cert itself verifies strictly under the current CA
         xs = openssl.verify(cross, cafile=leaves.live_bundle)
         assert xs.returncode == 0, xs.stdout + xs.stderr
