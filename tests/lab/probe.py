@@ -103,6 +103,7 @@ ALT_CHAINS_SUPPORTED = sys.version_info >= (3, 10)
 # Where a connection attempt failed (set as ``probe_stage`` on the exception; see ``failover_reason``).
 STAGE_DIAL = "dial"
 STAGE_HANDSHAKE = "handshake"
+STAGE_CUT = "cut"  # etcd only: the member closed the connection after the request was sent (it is stopping)
 MIN_DIAL = 0.25       # a TCP connect gets at least this long (if the request has it left) ...
 MIN_ATTEMPT = 0.05    # ... and the next server is not tried with less than this left
 MAX_REASONS = 32      # distinct failure/failover reasons kept per kind (then "other")
@@ -500,7 +501,12 @@ def failover_reason(exc):
     - anything after the handshake (the request was sent): never. An HTTP 503 or 500 from a server that
       is shutting down or not ready is an answer, not a dial error; a read timeout, an EOF or a reset
       before the response (in TLS 1.3 also how a rejected client certificate can show) count as failed;
-    - a TLS handshake timeout: never (the dial worked; the server is up but does not answer).
+    - a TLS handshake timeout: never (the dial worked; the server is up but does not answer);
+    - etcd only: a request cut off by a member that is stopping (EOF or reset after the request was sent, or
+      the JSON gateway's "closed the stream without sending trailers"): repeated on the next member and
+      reported as a failover with that reason. The probe measures trust across the rotation, not write
+      durability at a member's shutdown; the put is the probe's own key and the get that follows checks it.
+      etcd's Go client moves to another member when its connection closes, too.
     """
     if isinstance(exc, ssl.SSLCertVerificationError):
         return None
@@ -509,7 +515,20 @@ def failover_reason(exc):
         return "dial"
     if stage == STAGE_HANDSHAKE and (isinstance(exc, CLOSED_BY_PEER) or getattr(exc, "reason", None) == "UNEXPECTED_EOF_WHILE_READING"):
         return "TLS handshake closed by peer"
+    if stage == STAGE_CUT:
+        return "etcd request cut by a stopping member"
     return None
+
+
+class CutError(OSError):
+    """An etcd request the member cut off mid-way (see failover_reason)."""
+
+    probe_stage = STAGE_CUT
+
+
+# what etcd's JSON gateway answers when the member's gRPC server stops under a request
+NO_RESPONSE = "no HTTP response (0 bytes)"
+GATEWAY_CUT_MARKERS = ("closed the stream without sending trailers", "transport is closing")
 
 
 class Trace:
@@ -859,10 +878,23 @@ class Probe:
 
     def _gateway(self, endpoint, call, payload, deadline=None, dial_deadline=None):
         body = json.dumps(payload).encode()
-        status, data, alt = https_request(self.etcd_trust.get(), endpoint, self.server_name(endpoint), "POST", "/v3/kv/" + call, self.timeout,
-                                          body=body, user_agent="%s/etcd" % MARKER, deadline=deadline, dial_deadline=dial_deadline)
+        try:
+            status, data, alt = https_request(self.etcd_trust.get(), endpoint, self.server_name(endpoint), "POST", "/v3/kv/" + call,
+                                              self.timeout, body=body, user_agent="%s/etcd" % MARKER, deadline=deadline,
+                                              dial_deadline=dial_deadline)
+        except CLOSED_BY_PEER as exc:
+            if getattr(exc, "probe_stage", None) is not None:
+                raise  # dial or handshake: the general rule decides
+            raise CutError("etcd %s: %s" % (call, error_text(exc))) from exc
+        except ValueError as exc:
+            if not str(exc).startswith(NO_RESPONSE):
+                raise
+            raise CutError("etcd %s: %s" % (call, exc)) from exc  # closed cleanly after the request, no answer
         if status != 200:
-            raise AnswerError("etcd %s: HTTP %d: %s" % (call, status, data[:200].decode("utf-8", errors="replace").strip()))
+            text = data[:200].decode("utf-8", errors="replace").strip()
+            if status >= 500 and any(marker in text for marker in GATEWAY_CUT_MARKERS):
+                raise CutError("etcd %s: HTTP %d: %s" % (call, status, text))
+            raise AnswerError("etcd %s: HTTP %d: %s" % (call, status, text))
         return json.loads(data.decode("utf-8") or "{}"), alt
 
     def _etcdctl(self, endpoint, *args, deadline=None, dial_deadline=None):

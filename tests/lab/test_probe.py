@@ -840,3 +840,80 @@ def test_etcd_failover(etcd, pki, servers, tmp_path, mode):
     if mode == "gateway":
         assert all("CERTIFICATE_VERIFY_FAILED" in reason for reason in entry["failure_reasons"]), entry
     assert all(req["tried"] == [bad_url] for req in read_requests(out))
+
+
+class CuttingServer:
+    """A TLS endpoint that reads each request, then closes the connection without answering: an etcd member
+    stopping under a request. Bounded: it serves at most ``limit`` connections, then stops accepting."""
+
+    def __init__(self, chain, key, limit=50):
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(chain, key)
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.cuts = 0
+        self.limit = limit
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self):
+        return "https://127.0.0.1:%d" % self.sock.getsockname()[1]
+
+    def _serve(self):
+        served = 0
+        while not self.stopped.is_set() and served < self.limit:
+            try:
+                conn, _peer = self.sock.accept()
+            except OSError:
+                continue
+            served += 1
+            try:
+                conn.settimeout(5)
+                tls = self.ctx.wrap_socket(conn, server_side=True)
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = tls.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                self.cuts += 1
+                tls.close()  # no response, no close_notify from the application: the peer sees EOF/reset
+            except OSError:
+                conn.close()
+
+    def close(self):
+        self.stopped.set()
+        self.thread.join(5)
+        self.sock.close()
+
+
+def test_etcd_request_cut_by_a_stopping_member_moves_on_but_http_kinds_count_it(etcd, pki, tmp_path):
+    """etcd: a request the member cuts off after it was sent is repeated on the next member and reported as a
+    failover with its own reason; the old/current HTTP clients count the same cut as a failure."""
+    cutter = CuttingServer(pki["leaf_old"][0], pki["leaf_old"][1])
+    try:
+        cacert = str(tmp_path / "etcd-and-old-ca.crt")
+        with open(cacert, "w", encoding="ascii") as handle:
+            handle.write(read_text(etcd["cacert"]) + read_text(pki["old"][0]))
+        out = str(tmp_path / "probe")
+        result = probe("run", "--etcd-endpoints", "%s,%s" % (cutter.url, etcd["url"]), "--etcd-cacert", cacert,
+                       "--etcd-cert", etcd["cert"], "--etcd-key", etcd["key"], "--interval", "0.05", "--max-requests", "3",
+                       "--duration", "30", "--out", out, "--fail-on", "etcd")
+        assert result.returncode == 0, result.stdout + result.stderr
+        entry = read_summary(out)["kinds"]["etcd"]
+        assert entry["ok"] == 3 and entry["fail"] == 0, entry
+        assert entry["failovers"] == 1 and cutter.cuts == 1, (entry, cutter.cuts)
+        assert list(entry["failover_reasons"]) and all(r.startswith("etcd request cut by a stopping member")
+                                                       for r in entry["failover_reasons"]), entry
+
+        out = str(tmp_path / "probe-http")
+        result = probe("run", "--targets", cutter.url[len("https://"):], "--old-ca", pki["old"][0], "--current-ca-file",
+                       pki["old"][0], "--interval", "0.05", "--max-requests", "2", "--timeout", "2", "--duration", "30",
+                       "--out", out, "--fail-on", "old")
+        assert result.returncode == 1, result.stdout + result.stderr
+        old = read_summary(out)["kinds"]["old"]
+        assert old["fail"] >= 1 and old["failovers"] == 0, old
+    finally:
+        cutter.close()
