@@ -10,14 +10,17 @@ Verdicts come from tools that share no code with the collection: ``openssl verif
 under plugins/ is imported here.
 
 Scenarios (one lab each, shared by the tests of its class, torn down at the end of the class so that only one
-cluster runs at a time on the 2-core CI machine; tests of a class run in order and build on each other):
+cluster runs at a time on the 2-core CI machine; tests of a class run in order and build on each other). The steps
+are functions of the lab (its program picks unit names, paths and kubectl), shared by the k3s and RKE2 classes:
 
-A ``TestK3sCrossSign``   k3s 3 servers + 2 agents, default CAs: check mode, cross_sign under the probe, tokens,
-                         leaves, rerun, service-key rotation, a failing health gate on server2.
-B ``TestRke2CrossSign``  the same rotation on RKE2 3 + 2: probe, tokens, leaves, rerun.
+A ``TestK3sCrossSign``   k3s 3 servers + 2 agents, default CAs: check mode, a service-account token, cross_sign under
+                         the probe, tokens, leaves, rerun, service-key rotation, a failing health gate on server2.
+B ``TestRke2CrossSign``  RKE2 3 + 2 (-e kubepki_distribution=rke2): the same steps, and rollback.yml between the
+                         service-key rotation and the failing gate (last: it leaves the cluster half-rotated).
 C ``TestK3sCustomCA``    k3s 3 + 1 on a custom root + intermediate (kubepki.certs.ca_chain before the first start):
                          D first (a new_root set is refused before any node is touched), then a renew that keeps
                          the token and the intermediate and root.
+  ``TestRke2CustomCA``   the same on RKE2 3 + 1 (ca_chain distribution=rke2 in /var/lib/rancher/rke2/server/tls).
 
 Needs root, openssh-server, etcd-server, openssl and util-linux (nsenter); a missing one fails the test naming
 the Debian package. ANSIBLE_COLLECTIONS_PATH: used when it holds ansible_collections/kubepki/certs (CI: the
@@ -562,7 +565,46 @@ def need(lab, *keys):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# shared scenario steps (A and B)
+# shared scenario steps (A and B: k3s and RKE2; the lab's program picks units, paths and kubectl)
+
+
+def kubectl(lab, host, *args, stdin=None):
+    """kubectl inside ``host``: ``k3s kubectl`` on k3s, the kubectl RKE2 stages in its data dir on RKE2."""
+    return lab.exec(host, lab.kubectl() + list(args), stdin=stdin).stdout
+
+
+def token_review(lab, host, token):
+    doc = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}}
+    return json.loads(kubectl(lab, host, "create", "-f", "-", "-o", "json", stdin=json.dumps(doc)))["status"]
+
+
+def step_check_mode(lab):
+    """rotate-ca.yml --check before anything else: a plan line per node (in restart order, the program's units and
+    the token locations), and no file of any host, no service PID changed."""
+    before, pids = lab.file_hashes(), lab.service_pids()
+    rc, output = lab.playbook(ROTATE_CA, "--check")
+    assert rc == 0, "rotate-ca.yml --check failed (rc %d):\n%s" % (rc, output[-6000:])
+    for index, host in enumerate(lab.servers):
+        assert re.search(r"%s: v\S+ server, restart %d of %d, one at a time; unit %s; token locations: "
+                         % (host, index + 1, len(lab.servers), re.escape(lab.unit(host))), output), \
+            "no plan line for %s:\n%s" % (host, output[-6000:])
+    for host in lab.agents:
+        assert re.search(r"%s: v\S+ agent, restarted after all servers, in batches; unit %s; token locations: [^\"]*%s/config\.yaml"
+                         % (host, re.escape(lab.unit(host)), re.escape(lab.etc)), output), "no plan line for %s:\n%s" % (host, output[-6000:])
+    assert "mode cross_sign (non-disruptive" in output
+    after = lab.file_hashes()
+    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    assert not changed, "check mode changed files: %s" % changed
+    assert lab.service_pids() == pids, "check mode restarted a service"
+    assert sum(1 for k in before if k.startswith("%s:" % lab.servers[0])) > 30, "hashing saw too few files: %d" % len(before)
+    lab.ctx["checked"] = True
+
+
+def step_token_before_rotation(lab):
+    """A service-account token made before any rotation (verified after the service-key rotation)."""
+    token = kubectl(lab, lab.servers[0], "create", "token", "default").strip()
+    assert token.count(".") == 2 and jwt_header(token).get("alg") == "RS256", token[:40]
+    lab.ctx["old_sa_token"] = token
 
 
 def step_rotate(lab, work_dir):
@@ -614,19 +656,91 @@ def step_second_run(lab):
     assert lab.service_pids() == pids, "the second run restarted a service"
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# A: k3s, 3 servers + 2 agents, default CAs
+def step_service_key_rotation(lab):
+    """rotate-service-key.yml restarts every server and no agent; the token made before both rotations and one made
+    just before this one still pass a TokenReview (asked on server2), and a new token carries a new kid."""
+    need(lab, "old_sa_token")
+    before_token = kubectl(lab, lab.servers[0], "create", "token", "default").strip()
+    pids = lab.service_pids()
+    rc, output = lab.playbook(ROTATE_SERVICE_KEY)
+    assert rc == 0, "rotate-service-key.yml failed (rc %d):\n%s" % (rc, output[-6000:])
+    after = lab.service_pids()
+    assert all(after[h] != pids[h] for h in lab.servers), "a server was not restarted: %s -> %s" % (pids, after)
+    assert all(after[h] == pids[h] for h in lab.agents), "an agent was restarted: %s -> %s" % (pids, after)
+    lab.wait_all_ready(timeout=45)
+    old = lab.ctx["old_sa_token"]
+    status = token_review(lab, lab.servers[1], old)
+    assert status.get("authenticated") is True, "the token made before both rotations no longer verifies: %s" % status
+    assert status["user"]["username"] == "system:serviceaccount:default:default", status
+    status = token_review(lab, lab.servers[1], before_token)
+    assert status.get("authenticated") is True, "the token made before rotate-service-key no longer verifies: %s" % status
+    new = kubectl(lab, lab.servers[2], "create", "token", "default").strip()
+    kids = [jwt_header(t).get("kid") for t in (old, before_token, new)]
+    assert all(kids) and kids[2] not in kids[:2], "the new token's kid is not new: %s" % kids
+    assert token_review(lab, lab.servers[1], new).get("authenticated") is True
 
 
-@pytest.fixture(scope="class")
-def k3s_lab(work_dir):
-    lab = make_lab(work_dir, "kpra", "10.123.120.0/24", 3, 2, "k3s", collections_path(work_dir))
+def step_failing_gate_on_server2(lab):
+    """A new rotation while server2's /readyz fails (the double's lab-fail-readyz, read at start): the run stops in
+    server2's gate naming the failed check; server1 and server2 were restarted, server3 and the agents were not.
+    Leaves the cluster half-rotated: the last step of a scenario."""
+    need(lab, "rotated")
+    server2 = lab.servers[1]
+    config = lab.path(server2, lab.etc + "/config.yaml")
+    with open(config, "a", encoding="utf-8") as handle:
+        handle.write("lab-fail-readyz: true\n")
+    pids = lab.service_pids()
+    # A new rotation of the (once rotated) cluster: a fresh staging dir, else the loaded set counts as done.
+    rc, output = lab.playbook(ROTATE_CA, "-e", "rolling_restart_timeout=15", "-e", "ca_rotation_staging_dir=/var/lib/kubepki/rotate-ca-2")
+    assert rc != 0, "rotate-ca.yml succeeded although %s's /readyz fails:\n%s" % (server2, output[-6000:])
+    fatal = [line for line in output.splitlines() if line.startswith("fatal: [%s]" % server2)]
+    assert fatal, "no failure reported for %s:\n%s" % (server2, output[-6000:])
+    assert "Gate" in output.split(fatal[0])[0].rsplit("TASK [", 1)[1].split("]", 1)[0], "%s failed outside the gate:\n%s" % (server2, output[-6000:])
+    # why: the failed readyz check and its reason, as the apiserver answered ("[-]<check> failed: <reason>")
+    assert "readyz" in fatal[0] and "failed checks: lab-fail-readyz" in fatal[0], "the failure does not say why: %s" % fatal[0][:2000]
+    after = lab.service_pids()
+    assert after[lab.servers[0]] != pids[lab.servers[0]], "%s was not restarted before %s" % (lab.servers[0], server2)
+    assert after[server2] != pids[server2], "%s was not restarted (its gate cannot have run)" % server2
+    untouched = {h: (pids[h], after[h]) for h in lab.servers[2:] + lab.agents if after[h] != pids[h]}
+    assert not untouched, "restarted after the failed gate: %s" % untouched
+    table = recap(output)
+    assert table.get(server2, {}).get("failed") == 1, table
+
+
+def step_rollback(lab, work_dir):
+    """rollback.yml with the rotation's id: every node back on the original CAs and join tokens, leaves re-issued by
+    the original CAs, agents Ready; a second rollback changes nothing."""
+    need(lab, "rotated")
+    backups = sorted(os.listdir(lab.path(lab.servers[0], "/var/lib/kubepki/backup")))
+    assert len(backups) == 1, "want one rotation's backup on server1: %s" % backups
+    rotated = lab.ca_bundles(lab.servers[0])
+    rc, output = lab.playbook("rollback.yml", "-e", "kubepki_rollback_id=%s" % backups[0])
+    assert rc == 0, "rollback.yml failed (rc %d):\n%s" % (rc, output[-6000:])
+    original = lab.ctx["old_bundles"]
+    for host in lab.servers:
+        assert lab.ca_bundles(host) == original, "%s: not back on the original CA bundles" % host
+    assert lab.tokens() == lab.ctx["tokens_before"], "join tokens not restored"
+    assert lab.hash_ca(lab.tls(lab.servers[0], "server-ca.crt")) == lab.ctx["old_token_hash"]
+    assert_agents_on_new_bundle(lab)  # every node's agent/ copy equals the servers' (now original) bundles
+    trust = "".join(pem(bundle[0]) for bundle in original.values())
+    assert_leaves_chain(lab, rotated, original, trust, os.path.join(work_dir, lab.state["name"] + "-rollback"))
+    pids = lab.service_pids()
+    rc, output = lab.playbook("rollback.yml", "-e", "kubepki_rollback_id=%s" % backups[0])
+    assert rc == 0, "second rollback.yml failed (rc %d):\n%s" % (rc, output[-6000:])
+    changed = {h: r["changed"] for h, r in recap(output).items() if r["changed"] or r["failed"]}
+    assert not changed, "the second rollback changed something: %s" % changed
+    assert lab.service_pids() == pids, "the second rollback restarted a service"
+
+
+def cross_sign_lab(work_dir, name, subnet, program):
+    """Class fixture body: a 3 + 2 cluster on the default CAs; server3 keeps the full K10 join token in its config (as
+    joined with a server's node-token) instead of the bare password: a server token location the rotation must
+    update too."""
+    lab = make_lab(work_dir, name, subnet, 3, 2, program, collections_path(work_dir))
     try:
         bootstrap(lab)
-        # server3 keeps the full K10 join token in its config (as joined with a server's node-token) instead of the
-        # bare password: a server token location the rotation must update too.
-        config = lab.path("server3", lab.etc + "/config.yaml")
-        token = read_text(lab.path("server1", lab.rancher + "/server/token")).strip()
+        config = lab.path(lab.servers[2], lab.etc + "/config.yaml")
+        token = read_text(lab.path(lab.servers[0], lab.rancher + "/server/token")).strip()
         text = read_text(config)
         password = token.split("::", 1)[1].split(":", 1)[1]
         assert "token: %s\n" % password in text
@@ -637,33 +751,23 @@ def k3s_lab(work_dir):
         teardown(lab)
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# A: k3s, 3 servers + 2 agents, default CAs
+
+
+@pytest.fixture(scope="class")
+def k3s_lab(work_dir):
+    yield from cross_sign_lab(work_dir, "kpra", "10.123.120.0/24", "k3s")
+
+
 class TestK3sCrossSign:
     """A. k3s 3 + 2 on the default self-signed CAs."""
 
     def test_01_check_mode_changes_no_file(self, k3s_lab):
-        lab = k3s_lab
-        before, pids = lab.file_hashes(), lab.service_pids()
-        rc, output = lab.playbook(ROTATE_CA, "--check")
-        assert rc == 0, "rotate-ca.yml --check failed (rc %d):\n%s" % (rc, output[-6000:])
-        for index, host in enumerate(lab.servers):
-            assert re.search(r"%s: v\S+ server, restart %d of %d, one at a time; unit k3s; token locations: " % (host, index + 1, len(lab.servers)),
-                             output), "no plan line for %s:\n%s" % (host, output[-6000:])
-        for host in lab.agents:
-            assert re.search(r"%s: v\S+ agent, restarted after all servers, in batches; unit k3s-agent; token locations: [^\"]*%s/config\.yaml"
-                             % (host, re.escape(lab.etc)), output), "no plan line for %s:\n%s" % (host, output[-6000:])
-        assert "mode cross_sign (non-disruptive" in output
-        after = lab.file_hashes()
-        changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
-        assert not changed, "check mode changed files: %s" % changed
-        assert lab.service_pids() == pids, "check mode restarted a service"
-        assert sum(1 for k in before if k.startswith("server1:")) > 30, "hashing saw too few files: %d" % len(before)
-        lab.ctx["checked"] = True
+        step_check_mode(k3s_lab)
 
     def test_02_token_before_rotation(self, k3s_lab):
-        lab = k3s_lab
-        token = lab.exec("server1", ["k3s", "kubectl", "create", "token", "default"]).stdout.strip()
-        assert token.count(".") == 2 and jwt_header(token).get("alg") == "RS256", token[:40]
-        lab.ctx["old_sa_token"] = token
+        step_token_before_rotation(k3s_lab)
 
     def test_03_rotate_under_probe(self, k3s_lab, work_dir):
         step_rotate(k3s_lab, work_dir)
@@ -678,55 +782,10 @@ class TestK3sCrossSign:
         step_second_run(k3s_lab)
 
     def test_07_service_key_rotation_restarts_servers_only(self, k3s_lab):
-        lab = k3s_lab
-        need(lab, "old_sa_token")
-
-        def review(token):
-            doc = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}}
-            out = lab.exec("server2", ["k3s", "kubectl", "create", "-f", "-", "-o", "json"], stdin=json.dumps(doc)).stdout
-            return json.loads(out)["status"]
-
-        before_token = lab.exec("server1", ["k3s", "kubectl", "create", "token", "default"]).stdout.strip()
-        pids = lab.service_pids()
-        rc, output = lab.playbook(ROTATE_SERVICE_KEY)
-        assert rc == 0, "rotate-service-key.yml failed (rc %d):\n%s" % (rc, output[-6000:])
-        after = lab.service_pids()
-        assert all(after[h] != pids[h] for h in lab.servers), "a server was not restarted: %s -> %s" % (pids, after)
-        assert all(after[h] == pids[h] for h in lab.agents), "an agent was restarted: %s -> %s" % (pids, after)
-        lab.wait_all_ready(timeout=45)
-        old = lab.ctx["old_sa_token"]
-        status = review(old)
-        assert status.get("authenticated") is True, "the token made before both rotations no longer verifies: %s" % status
-        assert status["user"]["username"] == "system:serviceaccount:default:default", status
-        status = review(before_token)
-        assert status.get("authenticated") is True, "the token made before rotate-service-key no longer verifies: %s" % status
-        new = lab.exec("server3", ["k3s", "kubectl", "create", "token", "default"]).stdout.strip()
-        kids = [jwt_header(t).get("kid") for t in (old, before_token, new)]
-        assert all(kids) and kids[2] not in kids[:2], "the new token's kid is not new: %s" % kids
-        assert review(new).get("authenticated") is True
+        step_service_key_rotation(k3s_lab)
 
     def test_08_failing_gate_on_server2_leaves_the_rest_untouched(self, k3s_lab):
-        lab = k3s_lab
-        need(lab, "rotated")
-        config = lab.path("server2", lab.etc + "/config.yaml")
-        with open(config, "a", encoding="utf-8") as handle:
-            handle.write("lab-fail-readyz: true\n")
-        pids = lab.service_pids()
-        # A new rotation of the (once rotated) cluster: a fresh staging dir, else the loaded set counts as done.
-        rc, output = lab.playbook(ROTATE_CA, "-e", "rolling_restart_timeout=15", "-e", "ca_rotation_staging_dir=/var/lib/kubepki/rotate-ca-2")
-        assert rc != 0, "rotate-ca.yml succeeded although server2's /readyz fails:\n%s" % output[-6000:]
-        fatal = [line for line in output.splitlines() if line.startswith("fatal: [server2]")]
-        assert fatal, "no failure reported for server2:\n%s" % output[-6000:]
-        assert "Gate" in output.split(fatal[0])[0].rsplit("TASK [", 1)[1].split("]", 1)[0], "server2 failed outside the gate:\n%s" % output[-6000:]
-        # why: the failed readyz check and its reason, as the apiserver answered ("[-]<check> failed: <reason>")
-        assert "readyz" in fatal[0] and "failed checks: lab-fail-readyz" in fatal[0], "the failure does not say why: %s" % fatal[0][:2000]
-        after = lab.service_pids()
-        assert after["server1"] != pids["server1"], "server1 was not restarted before server2"
-        assert after["server2"] != pids["server2"], "server2 was not restarted (its gate cannot have run)"
-        untouched = {h: (pids[h], after[h]) for h in ["server3"] + lab.agents if after[h] != pids[h]}
-        assert not untouched, "restarted after the failed gate: %s" % untouched
-        table = recap(output)
-        assert table.get("server2", {}).get("failed") == 1, table
+        step_failing_gate_on_server2(k3s_lab)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -735,73 +794,67 @@ class TestK3sCrossSign:
 
 @pytest.fixture(scope="class")
 def rke2_lab(work_dir):
-    lab = make_lab(work_dir, "kprb", "10.123.121.0/24", 3, 2, "rke2", collections_path(work_dir))
-    try:
-        bootstrap(lab)
-        yield lab
-    finally:
-        teardown(lab)
+    yield from cross_sign_lab(work_dir, "kprb", "10.123.121.0/24", "rke2")
 
 
 class TestRke2CrossSign:
-    """B. RKE2 3 + 2 on the default self-signed CAs (-e kubepki_distribution=rke2)."""
+    """B. RKE2 3 + 2 on the default self-signed CAs (-e kubepki_distribution=rke2): A's steps, and rollback.yml
+    after the service-key rotation (back to the CAs the failing-gate rotation then starts from)."""
 
-    def test_01_rotate_under_probe(self, rke2_lab, work_dir):
+    def test_01_check_mode_changes_no_file(self, rke2_lab):
+        step_check_mode(rke2_lab)
+
+    def test_02_token_before_rotation(self, rke2_lab):
+        step_token_before_rotation(rke2_lab)
+
+    def test_03_rotate_under_probe(self, rke2_lab, work_dir):
         step_rotate(rke2_lab, work_dir)
 
-    def test_02_every_node_has_the_new_token(self, rke2_lab):
+    def test_04_every_node_has_the_new_token(self, rke2_lab):
         step_new_tokens(rke2_lab)
 
-    def test_03_every_leaf_chains_to_the_new_intermediates(self, rke2_lab, work_dir):
+    def test_05_every_leaf_chains_to_the_new_intermediates(self, rke2_lab, work_dir):
         step_leaves(rke2_lab, work_dir)
 
-    def test_04_second_run_changes_nothing(self, rke2_lab):
+    def test_06_second_run_changes_nothing(self, rke2_lab):
         step_second_run(rke2_lab)
 
-    def test_05_rollback_restores_the_original_cas_and_tokens(self, rke2_lab, work_dir):
-        """rollback.yml with the rotation's id: every node back on the original CAs and join tokens, leaves
-        re-issued by the original CAs, agents Ready; a second rollback changes nothing."""
-        lab = rke2_lab
-        need(lab, "rotated")
-        backups = sorted(os.listdir(lab.path(lab.servers[0], "/var/lib/kubepki/backup")))
-        assert len(backups) == 1, "want one rotation's backup on server1: %s" % backups
-        rotated = lab.ca_bundles(lab.servers[0])
-        rc, output = lab.playbook("rollback.yml", "-e", "kubepki_rollback_id=%s" % backups[0])
-        assert rc == 0, "rollback.yml failed (rc %d):\n%s" % (rc, output[-6000:])
-        original = lab.ctx["old_bundles"]
-        for host in lab.servers:
-            assert lab.ca_bundles(host) == original, "%s: not back on the original CA bundles" % host
-        assert lab.tokens() == lab.ctx["tokens_before"], "join tokens not restored"
-        assert lab.hash_ca(lab.tls(lab.servers[0], "server-ca.crt")) == lab.ctx["old_token_hash"]
-        assert_agents_on_new_bundle(lab)  # every node's agent/ copy equals the servers' (now original) bundles
-        trust = "".join(pem(bundle[0]) for bundle in original.values())
-        assert_leaves_chain(lab, rotated, original, trust, os.path.join(work_dir, lab.state["name"] + "-rollback"))
-        pids = lab.service_pids()
-        rc, output = lab.playbook("rollback.yml", "-e", "kubepki_rollback_id=%s" % backups[0])
-        assert rc == 0, "second rollback.yml failed (rc %d):\n%s" % (rc, output[-6000:])
-        changed = {h: r["changed"] for h, r in recap(output).items() if r["changed"] or r["failed"]}
-        assert not changed, "the second rollback changed something: %s" % changed
-        assert lab.service_pids() == pids, "the second rollback restarted a service"
+    def test_07_service_key_rotation_restarts_servers_only(self, rke2_lab):
+        step_service_key_rotation(rke2_lab)
+
+    def test_08_rollback_restores_the_original_cas_and_tokens(self, rke2_lab, work_dir):
+        step_rollback(rke2_lab, work_dir)
+
+    def test_09_failing_gate_on_server2_leaves_the_rest_untouched(self, rke2_lab):
+        step_failing_gate_on_server2(rke2_lab)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# C + D: k3s 3 + 1 on a custom root + intermediate
+# C + D: 3 + 1 on a custom root + intermediate, k3s and RKE2
 
 
-@pytest.fixture(scope="class")
-def custom_lab(work_dir):
-    lab = make_lab(work_dir, "kprc", "10.123.122.0/24", 3, 1, "k3s", collections_path(work_dir))
+def custom_ca_lab(work_dir, name, subnet, program):
+    """Class fixture body: the custom hierarchy (kubepki.certs.ca_chain, the program's layout) in server1's tls dir
+    before its first start; the double (as k3s/RKE2) then keeps these CAs."""
+    lab = make_lab(work_dir, name, subnet, 3, 1, program, collections_path(work_dir))
     try:
-        # The custom hierarchy on server1 before its first start; k3s (the double) then keeps these CAs.
-        lab.adhoc("server1", "kubepki.certs.ca_chain", "path=%s/server/tls distribution=k3s" % lab.rancher)
+        lab.adhoc(lab.servers[0], "kubepki.certs.ca_chain", "path=%s/server/tls distribution=%s" % (lab.rancher, program))
         bootstrap(lab)
         yield lab
     finally:
         teardown(lab)
 
 
-class TestK3sCustomCA:
-    """D (refusal of a new_root set) on a custom-CA cluster, then C (renew keeps the token, intermediate and root)."""
+@pytest.fixture(scope="class")
+def custom_lab(request, work_dir):
+    """The lab of the requesting class: its ``LAB`` = (name, subnet, program)."""
+    name, subnet, program = request.cls.LAB
+    yield from custom_ca_lab(work_dir, name, subnet, program)
+
+
+class CustomCASteps:
+    """D (refusal of a new_root set) on a custom-CA cluster, then C (renew keeps the token, intermediate and root).
+    Not collected itself: the Test* subclasses below name their lab (``LAB``)."""
 
     def test_01_new_root_is_refused_before_any_node_is_touched(self, custom_lab):
         lab = custom_lab
@@ -846,10 +899,10 @@ class TestK3sCustomCA:
         for host in lab.servers[1:]:
             assert lab.ca_bundles(host) == new, "%s: CA bundles differ from %s" % (host, server1)
         assert_agents_on_new_bundle(lab)
-        assert_leaves_chain(lab, old, new, pem(root), os.path.join(work_dir, "kprc-verify"), untrusted_pem=pem(intermediate))
+        work = os.path.join(work_dir, lab.state["name"] + "-verify")
+        assert_leaves_chain(lab, old, new, pem(root), work, untrusted_pem=pem(intermediate))
         # the intermediate too must be on the chain openssl builds: anchors = the root only, untrusted = new CA;
         # the new CA itself verifies strictly under root + intermediate
-        work = os.path.join(work_dir, "kprc-verify")
         with open(os.path.join(work, "root.pem"), "w", encoding="ascii") as handle:
             handle.write(pem(root))
         with open(os.path.join(work, "intermediate.pem"), "w", encoding="ascii") as handle:
@@ -860,3 +913,15 @@ class TestK3sCustomCA:
             result = run([_tool("openssl"), "verify", "-x509_strict", "-CAfile", os.path.join(work, "root.pem"),
                           "-untrusted", os.path.join(work, "intermediate.pem"), os.path.join(work, "newca.pem")], check=False)
             assert result.returncode == 0, "%s: %s" % (name, result.stdout + result.stderr)
+
+
+class TestK3sCustomCA(CustomCASteps):
+    """C + D on k3s 3 + 1."""
+
+    LAB = ("kprc", "10.123.122.0/24", "k3s")
+
+
+class TestRke2CustomCA(CustomCASteps):
+    """C + D on RKE2 3 + 1 (ca_chain distribution=rke2, -e kubepki_distribution=rke2)."""
+
+    LAB = ("kprd", "10.123.123.0/24", "rke2")
