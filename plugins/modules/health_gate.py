@@ -116,7 +116,7 @@ from ansible_collections.kubepki.certs.plugins.module_utils._pki.health import (
     readyz_problem,
 )
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.layout import get_layout
-from ansible_collections.kubepki.certs.plugins.module_utils._pki.module_edge import run_engine
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.module_edge import kubectl_command, run_engine
 
 
 def fetch(url: str, ca_file: str, timeout: float):
@@ -172,13 +172,10 @@ def main():
     )
     params = module.params
     layout = run_engine(module, get_layout, params["distribution"], data_dir=params["data_dir"])
-    kubectl = list(layout.kubectl)
-    if (params["readyz"] or params["ready_nodes"]) and "/" not in kubectl[0]:
-        found = module.get_bin_path(kubectl[0], required=False)
-        if not found:
-            module.fail_json(msg="%s not found on the PATH of %s" % (kubectl[0], layout.distribution),
-                             attempts=0, elapsed=0.0, problems=["%s not found" % kubectl[0]])
-        kubectl[0] = found
+    kubectl = kubectl_command(module, layout)
+    if kubectl is None and (params["readyz"] or params["ready_nodes"]):
+        module.fail_json(msg="%s not found on the PATH of %s" % (layout.kubectl[0], layout.distribution),
+                         attempts=0, elapsed=0.0, problems=["%s not found" % layout.kubectl[0]])
     ca_file = params["cacerts_ca_file"] or layout.tls_path("server-ca.crt")
     started = time.monotonic()
     deadline = started + max(0, params["timeout"])

@@ -119,7 +119,11 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.health import readyz_problem
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.layout import DISTRIBUTIONS, get_layout
-from ansible_collections.kubepki.certs.plugins.module_utils._pki.module_edge import require_cryptography, run_engine
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.module_edge import (
+    kubectl_command,
+    require_cryptography,
+    run_engine,
+)
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.node import describe_node
 
 
@@ -151,12 +155,11 @@ def main():
                       minimum_version=module.params["minimum_version"])
     info["healthy"], info["health_problem"] = None, None
     if module.params["health"] and info["role"] == "server":
-        kubectl = list(layout.kubectl)
-        found = kubectl[0] if "/" in kubectl[0] else module.get_bin_path(kubectl[0], required=False)
-        if not found or not os.path.exists(found):
-            info["healthy"], info["health_problem"] = False, "%s not found" % kubectl[0]
+        kubectl = kubectl_command(module, layout)
+        if kubectl is None or not os.path.exists(kubectl[0]):
+            info["healthy"], info["health_problem"] = False, "%s not found" % layout.kubectl[0]
         else:
-            rc, out, err = module.run_command([found] + kubectl[1:] + ["get", "--raw", "/readyz"])
+            rc, out, err = module.run_command(kubectl + ["get", "--raw", "/readyz"])
             info["health_problem"] = readyz_problem(rc, out, err)
             info["healthy"] = info["health_problem"] is None
     module.exit_json(changed=False, **info)

@@ -36,3 +36,15 @@ def run_engine(module, function, *args, **kwargs):
             result["path"] = exc.path
         module.fail_json(**result)
     return None  # not reached: fail_json exits
+
+
+def kubectl_command(module, layout) -> list | None:
+    """The node's admin kubectl argv from the layout table, a bare program name resolved on the PATH (None when it
+    is not there). An absolute path is returned as is: RKE2 stages it at start, so it may appear a moment later."""
+    argv = list(layout.kubectl)
+    if "/" not in argv[0]:
+        found = module.get_bin_path(argv[0], required=False)
+        if not found:
+            return None
+        argv[0] = found
+    return argv

@@ -27,11 +27,10 @@ from dataclasses import dataclass, field
 
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.errors import InvalidInputError
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.files import (
-    PRIVATE_DIR_MODE,
     PRIVATE_FILE_MODE,
     atomic_write,
-    ensure_dir,
     read_bytes,
+    write_backup,
 )
 
 try:
@@ -942,9 +941,7 @@ def apply_token_plan(plan: TokenPlan, *, backup: bool = True, backup_suffix: str
             continue
         if backup_root:
             target = backup_root.rstrip("/") + file_plan.realpath
-            ensure_dir(backup_root, mode=PRIVATE_DIR_MODE)
-            ensure_dir(os.path.dirname(target), mode=PRIVATE_DIR_MODE)
-            atomic_write(target, file_plan.before, mode=PRIVATE_FILE_MODE)
+            write_backup([(target, file_plan.before, PRIVATE_FILE_MODE)])
             backups.append(target)
         elif backup:
             target = "%s.%s.bak" % (file_plan.realpath, suffix)
