@@ -191,11 +191,10 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.layout import get_layout
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.module_edge import require_cryptography, run_engine
-from ansible_collections.kubepki.certs.plugins.module_utils._pki.tokens import (
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.token_grammar import ca_hash_of_file, check_ca_hash
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.token_locations import discover_locations
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.token_plan import (
     apply_token_plan,
-    ca_hash_of_file,
-    check_ca_hash,
-    discover_locations,
     plan_diff,
     plan_join_tokens,
     plan_report,

@@ -18,7 +18,7 @@ from ansible_collections.kubepki.certs.plugins.module_utils._pki import certs as
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.chain import hash_ca
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.errors import InvalidInputError
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.files import read_if_exists
-from ansible_collections.kubepki.certs.plugins.module_utils._pki.tokens import token_files_on_node
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.token_locations import token_files_on_node
 
 _VERSION = re.compile(r"\bv?(\d+)\.(\d+)\.(\d+)(?:[-+][0-9A-Za-z.+-]*)?")
 

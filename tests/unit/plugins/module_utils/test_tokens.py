@@ -9,7 +9,7 @@ import stat
 
 import pytest
 
-from ansible_collections.kubepki.certs.plugins.module_utils._pki import tokens
+from ansible_collections.kubepki.certs.plugins.module_utils._pki import token_grammar, token_locations, token_plan, token_scanners
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.errors import InvalidInputError
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.layout import get_layout
 
@@ -29,8 +29,8 @@ def rewrite(kind, text, *, tmp_path, name="file", pin_bare=False, token_env_vars
     path = tmp_path / name
     path.write_bytes(text.encode())
     kwargs = {"%s_files" % ("token" if kind == "token_file" else kind): [str(path)]}
-    plan = tokens.plan_join_tokens(new_hash=NEW, pin_bare=pin_bare, token_env_vars=token_env_vars, **kwargs)
-    tokens.apply_token_plan(plan, backup=False)
+    plan = token_plan.plan_join_tokens(new_hash=NEW, pin_bare=pin_bare, token_env_vars=token_env_vars, **kwargs)
+    token_plan.apply_token_plan(plan, backup=False)
     return plan, path.read_bytes().decode()
 
 
@@ -47,33 +47,33 @@ def assert_no_secret(obj, *secrets):
 # --- parsing ------------------------------------------------------------------------------------
 
 def test_parse_secure_token():
-    token = tokens.parse_token(secure())
+    token = token_grammar.parse_token(secure())
     assert (token.ca_hash, token.user, token.password, token.form, token.bootstrap) == (OLD, "server", PASSWORD,
                                                                                         "secure", False)
     assert token.prefix_length == 3 + 64 + 2
 
 
 def test_parse_password_may_contain_colons():
-    token = tokens.parse_token(secure(password="a:b::c"))
+    token = token_grammar.parse_token(secure(password="a:b::c"))
     assert (token.user, token.password) == ("server", "a:b::c")
 
 
 def test_parse_bare_password_is_whole_text():
-    token = tokens.parse_token("user:pass")  # k3s: no K10 prefix -> the whole text is the password
+    token = token_grammar.parse_token("user:pass")  # k3s: no K10 prefix -> the whole text is the password
     assert (token.form, token.user, token.password, token.ca_hash, token.prefix_length) == ("bare", "", "user:pass",
                                                                                             "", 0)
 
 
 def test_parse_bootstrap_tokens():
-    token = tokens.parse_token("K10%s::abcdef.0123456789abcdef" % OLD)
+    token = token_grammar.parse_token("K10%s::abcdef.0123456789abcdef" % OLD)
     assert token.bootstrap and token.user is None and token.ca_hash == OLD
-    bare = tokens.parse_token("abcdef.0123456789abcdef")
+    bare = token_grammar.parse_token("abcdef.0123456789abcdef")
     assert bare.bootstrap and bare.form == "bare"
 
 
 def test_parse_unpinned_forms():
-    assert tokens.parse_token("K10::server:pw").form == "unpinned"
-    token = tokens.parse_token("K10server:pw")  # no '::' at all: k3s reads user:password after K10
+    assert token_grammar.parse_token("K10::server:pw").form == "unpinned"
+    token = token_grammar.parse_token("K10server:pw")  # no '::' at all: k3s reads user:password after K10
     assert (token.form, token.user, token.password, token.prefix_length) == ("unpinned", "server", "pw", 3)
 
 
@@ -85,41 +85,41 @@ def test_parse_unpinned_forms():
 ])
 def test_parse_errors_do_not_leak(text, message):
     with pytest.raises(InvalidInputError) as caught:
-        tokens.parse_token(text)
+        token_grammar.parse_token(text)
     assert message in str(caught.value)
     assert_no_secret(caught.value)
 
 
 def test_repr_and_redacted_hide_password():
-    token = tokens.parse_token(secure())
+    token = token_grammar.parse_token(secure())
     assert_no_secret(token)
     assert token.redacted() == "K10%s...::server:<redacted>" % OLD[:12]
-    assert tokens.parse_token(PASSWORD).redacted() == "<redacted>"
-    assert "0123456789abcdef" not in tokens.parse_token("abcdef.0123456789abcdef").redacted()
+    assert token_grammar.parse_token(PASSWORD).redacted() == "<redacted>"
+    assert "0123456789abcdef" not in token_grammar.parse_token("abcdef.0123456789abcdef").redacted()
 
 
 def test_format_and_retoken():
-    assert tokens.format_token(ca_hash=NEW, user="node", password="pw") == "K10%s::node:pw" % NEW
-    assert tokens.retoken(secure(), NEW) == secure(ca_hash=NEW)
-    assert tokens.retoken(secure(ca_hash=NEW), NEW) == secure(ca_hash=NEW)
-    assert tokens.retoken("K10%s::abcdef.0123456789abcdef" % OLD, NEW) == "K10%s::abcdef.0123456789abcdef" % NEW
+    assert token_grammar.format_token(ca_hash=NEW, user="node", password="pw") == "K10%s::node:pw" % NEW
+    assert token_grammar.retoken(secure(), NEW) == secure(ca_hash=NEW)
+    assert token_grammar.retoken(secure(ca_hash=NEW), NEW) == secure(ca_hash=NEW)
+    assert token_grammar.retoken("K10%s::abcdef.0123456789abcdef" % OLD, NEW) == "K10%s::abcdef.0123456789abcdef" % NEW
 
 
 def test_retoken_bare_left_alone_unless_pinned():
-    assert tokens.retoken(PASSWORD, NEW) == PASSWORD
-    assert tokens.retoken("K10::server:pw", NEW) == "K10::server:pw"
-    assert tokens.retoken(PASSWORD, NEW, pin_bare=True) == "K10%s::server:%s" % (NEW, PASSWORD)
-    assert tokens.retoken(PASSWORD, NEW, pin_bare=True, bare_user="node") == "K10%s::node:%s" % (NEW, PASSWORD)
-    assert tokens.retoken("K10::server:pw", NEW, pin_bare=True) == "K10%s::server:pw" % NEW
-    assert tokens.retoken("abcdef.0123456789abcdef", NEW, pin_bare=True) == "K10%s::abcdef.0123456789abcdef" % NEW
+    assert token_grammar.retoken(PASSWORD, NEW) == PASSWORD
+    assert token_grammar.retoken("K10::server:pw", NEW) == "K10::server:pw"
+    assert token_grammar.retoken(PASSWORD, NEW, pin_bare=True) == "K10%s::server:%s" % (NEW, PASSWORD)
+    assert token_grammar.retoken(PASSWORD, NEW, pin_bare=True, bare_user="node") == "K10%s::node:%s" % (NEW, PASSWORD)
+    assert token_grammar.retoken("K10::server:pw", NEW, pin_bare=True) == "K10%s::server:pw" % NEW
+    assert token_grammar.retoken("abcdef.0123456789abcdef", NEW, pin_bare=True) == "K10%s::abcdef.0123456789abcdef" % NEW
 
 
 def test_check_ca_hash():
-    assert tokens.check_ca_hash(NEW.upper()) == NEW
+    assert token_grammar.check_ca_hash(NEW.upper()) == NEW
     with pytest.raises(InvalidInputError):
-        tokens.check_ca_hash("abc")
+        token_grammar.check_ca_hash("abc")
     with pytest.raises(InvalidInputError):
-        tokens.check_ca_hash("g" * 64)
+        token_grammar.check_ca_hash("g" * 64)
 
 
 # --- config YAML --------------------------------------------------------------------------------
@@ -144,11 +144,11 @@ def test_config_rewrite_keeps_every_other_byte(tmp_path):
     assert after == expected
     statuses = [(loc.key, loc.status) for f in plan.files for loc in f.locations]
     assert statuses == [("token", "changed"), ("agent-token", "changed"), ("token-file", "file-reference")]
-    report = tokens.plan_report(plan)
+    report = token_plan.plan_report(plan)
     assert report["file_references"] == ["/etc/rancher/k3s/token-file"]
     assert report["distinct_passwords"] == 2
     assert_no_secret(report)
-    assert_no_secret(tokens.plan_diff(plan))
+    assert_no_secret(token_plan.plan_diff(plan))
     assert not plan.warnings  # token and agent-token may differ
 
 
@@ -308,7 +308,7 @@ def test_unit_file_flags_and_continuations(tmp_path):
     found = [(loc.key, loc.line, loc.status) for loc in plan.files[0].locations]
     assert found == [("K3S_TOKEN", 7, "changed"), ("--token", 12, "changed"), ("--agent-token", 14, "changed"),
                      ("-t", 14, "changed"), ("--token-file", 15, "file-reference")]
-    assert tokens.plan_report(plan)["daemon_reload_needed"] is True
+    assert token_plan.plan_report(plan)["daemon_reload_needed"] is True
     assert len(plan.warnings) == 1 and "2 different passwords" in plan.warnings[0]
     assert_no_secret(plan.warnings)
     groups = [loc.password_group for loc in plan.files[0].locations]
@@ -338,9 +338,9 @@ def test_unit_file_percent_escape_same_password(tmp_path):
     env.write_text("K3S_TOKEN=K10%s::server:p%%w\n" % OLD)
     path = tmp_path / "unit"
     path.write_text(unit)
-    plan = tokens.plan_join_tokens(new_hash=NEW, env_files=[str(env)], unit_files=[str(path)], token_env_vars=ALL_VARS)
-    assert not plan.warnings and tokens.plan_report(plan)["distinct_passwords"] == 1
-    tokens.apply_token_plan(plan, backup=False)
+    plan = token_plan.plan_join_tokens(new_hash=NEW, env_files=[str(env)], unit_files=[str(path)], token_env_vars=ALL_VARS)
+    assert not plan.warnings and token_plan.plan_report(plan)["distinct_passwords"] == 1
+    token_plan.apply_token_plan(plan, backup=False)
     assert path.read_text() == unit.replace(OLD, NEW)
 
 
@@ -377,17 +377,17 @@ def test_idempotent_and_mode_kept_with_backup(tmp_path):
     before = "token: %s\n" % secure()
     path.write_text(before)
     os.chmod(path, 0o640)
-    plan = tokens.plan_join_tokens(new_hash=NEW, config_files=[str(path)])
+    plan = token_plan.plan_join_tokens(new_hash=NEW, config_files=[str(path)])
     assert plan.changed
-    backups = tokens.apply_token_plan(plan, backup_suffix="20260101T000000Z")
+    backups = token_plan.apply_token_plan(plan, backup_suffix="20260101T000000Z")
     assert backups == [str(path) + ".20260101T000000Z.bak"]
     assert (tmp_path / "config.yaml.20260101T000000Z.bak").read_text() == before
     assert stat.S_IMODE(os.stat(backups[0]).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
-    again = tokens.plan_join_tokens(new_hash=NEW, config_files=[str(path)])
+    again = token_plan.plan_join_tokens(new_hash=NEW, config_files=[str(path)])
     assert not again.changed
     assert [loc.status for loc in again.files[0].locations] == ["unchanged"]
-    assert tokens.apply_token_plan(again) == []
+    assert token_plan.apply_token_plan(again) == []
 
 
 def test_missing_glob_and_symlink_dedup(tmp_path):
@@ -398,14 +398,14 @@ def test_missing_glob_and_symlink_dedup(tmp_path):
     drop_in.mkdir()
     (drop_in / "10-token.yaml").write_text("token: %s\n" % secure())
     (drop_in / "20-other.yaml").write_text("node-label: [a=b]\n")
-    plan = tokens.plan_join_tokens(
+    plan = token_plan.plan_join_tokens(
         new_hash=NEW, config_files=[str(tmp_path / "config.yaml"), str(drop_in / "*.yaml")],
         token_files=[str(tmp_path / "node-token"), str(real)])
     statuses = [(os.path.basename(loc.path), loc.status) for f in plan.files for loc in f.locations]
     assert statuses == [("config.yaml", "missing"), ("10-token.yaml", "changed"), ("20-other.yaml", "no-token"),
                         ("node-token", "changed")]
     assert plan.files[-1].locations[0].file == str(real)
-    tokens.apply_token_plan(plan, backup=False)
+    token_plan.apply_token_plan(plan, backup=False)
     assert (tmp_path / "node-token").is_symlink()
     assert real.read_text() == secure(ca_hash=NEW) + "\n"
 
@@ -414,22 +414,22 @@ def test_different_passwords_keep_their_own(tmp_path):
     one, two = tmp_path / "a.yaml", tmp_path / "b.yaml"
     one.write_text("token: %s\n" % secure())
     two.write_text("token: %s\n" % secure(OTHER_PASSWORD))
-    plan = tokens.plan_join_tokens(new_hash=NEW, config_files=[str(one), str(two)])
-    tokens.apply_token_plan(plan, backup=False)
+    plan = token_plan.plan_join_tokens(new_hash=NEW, config_files=[str(one), str(two)])
+    token_plan.apply_token_plan(plan, backup=False)
     assert one.read_text() == "token: %s\n" % secure(ca_hash=NEW)
     assert two.read_text() == "token: %s\n" % secure(OTHER_PASSWORD, ca_hash=NEW)
     assert len(plan.warnings) == 1 and "a.yaml:1" in plan.warnings[0] and "b.yaml:1" in plan.warnings[0]
     assert_no_secret(plan.warnings)
-    assert_no_secret(tokens.plan_report(plan))
+    assert_no_secret(token_plan.plan_report(plan))
     assert PASSWORD in plan.secrets and OTHER_PASSWORD in plan.secrets
 
 
 def test_report_and_diff_hold_no_secret(tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text("token: %s\nagent-token: %s\n" % (secure(), OTHER_PASSWORD))
-    plan = tokens.plan_join_tokens(new_hash=NEW, config_files=[str(config)])
-    report = tokens.plan_report(plan)
-    diff = tokens.plan_diff(plan)
+    plan = token_plan.plan_join_tokens(new_hash=NEW, config_files=[str(config)])
+    report = token_plan.plan_report(plan)
+    diff = token_plan.plan_diff(plan)
     assert_no_secret(report)
     assert_no_secret(diff)
     assert_no_secret(plan.files)
@@ -444,14 +444,14 @@ def test_unparsable_token_names_file_not_value(tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text("token: K10abcdef::server:%s\n" % PASSWORD)
     with pytest.raises(InvalidInputError) as caught:
-        tokens.plan_join_tokens(new_hash=NEW, config_files=[str(config)])
+        token_plan.plan_join_tokens(new_hash=NEW, config_files=[str(config)])
     assert str(config) in str(caught.value) and "hash length" in str(caught.value)
     assert_no_secret(caught.value)
 
 
 def test_directory_and_unreadable(tmp_path):
     with pytest.raises(InvalidInputError) as caught:
-        tokens.plan_join_tokens(new_hash=NEW, env_files=[str(tmp_path)])
+        token_plan.plan_join_tokens(new_hash=NEW, env_files=[str(tmp_path)])
     assert str(tmp_path) in str(caught.value)
     if os.geteuid() == 0:
         return  # root reads anything
@@ -461,7 +461,7 @@ def test_directory_and_unreadable(tmp_path):
     os.chmod(locked, 0)
     try:
         with pytest.raises(InvalidInputError) as caught:
-            tokens.plan_join_tokens(new_hash=NEW, env_files=[str(locked / "env")])
+            token_plan.plan_join_tokens(new_hash=NEW, env_files=[str(locked / "env")])
         assert "locked/env" in str(caught.value)
     finally:
         os.chmod(locked, 0o700)
@@ -481,31 +481,31 @@ def test_discover_from_layout(tmp_path):
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(content)
     (root / "var/lib/rancher/k3s/server/agent-token").symlink_to(root / "var/lib/rancher/k3s/server/token")
-    discovered = tokens.discover_locations(layout, root=str(root))
-    plan = tokens.plan_join_tokens(new_hash=NEW, discovered=discovered, token_env_vars=layout.token_env_vars)
+    discovered = token_locations.discover_locations(layout, root=str(root))
+    plan = token_plan.plan_join_tokens(new_hash=NEW, discovered=discovered, token_env_vars=layout.token_env_vars)
     found = sorted(os.path.relpath(f.path, str(root)) for f in plan.files)
     assert found == ["etc/rancher/k3s/config.yaml.d/10-token.yaml", "etc/systemd/system/k3s.service.env",
                      "var/lib/rancher/k3s/server/token"]
     assert all(loc.status == "changed" for f in plan.files for loc in f.locations)
-    preflight = tokens.token_files_on_node(layout, root=str(root))
+    preflight = token_locations.token_files_on_node(layout, root=str(root))
     assert [(os.path.relpath(e["path"], str(root)), e["keys"], e["problem"]) for e in preflight] == [
         ("etc/rancher/k3s/config.yaml.d/10-token.yaml", ["token"], None),
         ("etc/systemd/system/k3s.service.env", ["K3S_TOKEN"], None),
         ("var/lib/rancher/k3s/server/token", ["file"], None)]
     assert_no_secret(preflight)
     (root / "etc/systemd/system/k3s.service.env").write_text("K3S_TOKEN=\"%s\n" % secure())
-    problem = tokens.token_files_on_node(layout, root=str(root))[1]["problem"]
+    problem = token_locations.token_files_on_node(layout, root=str(root))[1]["problem"]
     assert "k3s.service.env line 1" in problem
     assert_no_secret(problem)
 
 
 def test_scanners_report_offsets():
     text = "token: %s\n" % secure()
-    (occurrence,) = tokens.scan_config(text)
+    (occurrence,) = token_scanners.scan_config(text)
     assert text[occurrence.start:occurrence.end] == secure()
     assert PASSWORD not in repr(occurrence)
     with pytest.raises(InvalidInputError):
-        tokens.scan("nope", text, path="x")
+        token_scanners.scan("nope", text, path="x")
 
 
 # --- backup_root (the backup module's layout) ---------------------------------------------------
@@ -532,11 +532,11 @@ def test_backup_root_copies_changed_files_at_their_real_path(tmp_path):
     no_token = etc / "labels.yaml"
     no_token.write_text("node-label: [a=b]\n")
     root = tmp_path / "backup" / "20261122T120000Z"
-    plan = tokens.plan_join_tokens(new_hash=NEW, config_files=[str(config), str(unchanged), str(no_token)],
+    plan = token_plan.plan_join_tokens(new_hash=NEW, config_files=[str(config), str(unchanged), str(no_token)],
                                    token_files=[str(link)])
     assert [f.changed for f in plan.files] == [True, False, False, True]
 
-    backups = tokens.apply_token_plan(plan, backup_root=str(root) + "/", backup_suffix="20260101T000000Z")
+    backups = token_plan.apply_token_plan(plan, backup_root=str(root) + "/", backup_suffix="20260101T000000Z")
 
     config_copy = str(root) + os.path.realpath(str(config))
     token_copy = str(root) + os.path.realpath(str(real_token))
@@ -567,8 +567,8 @@ def test_backup_root_takes_precedence_over_backup_false(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text("token: %s\n" % secure())
     root = tmp_path / "b"
-    plan = tokens.plan_join_tokens(new_hash=NEW, config_files=[str(path)])
-    backups = tokens.apply_token_plan(plan, backup=False, backup_root=str(root))
+    plan = token_plan.plan_join_tokens(new_hash=NEW, config_files=[str(path)])
+    backups = token_plan.apply_token_plan(plan, backup=False, backup_root=str(root))
     assert backups == [str(root) + os.path.realpath(str(path))]
     with open(backups[0]) as handle:
         assert handle.read() == "token: %s\n" % secure()
@@ -578,10 +578,10 @@ def test_backup_root_rerun_after_rewrite_copies_nothing(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text("token: %s\n" % secure())
     root = tmp_path / "b"
-    tokens.apply_token_plan(tokens.plan_join_tokens(new_hash=NEW, config_files=[str(path)]), backup_root=str(root))
+    token_plan.apply_token_plan(token_plan.plan_join_tokens(new_hash=NEW, config_files=[str(path)]), backup_root=str(root))
     copy = str(root) + os.path.realpath(str(path))
-    again = tokens.plan_join_tokens(new_hash=NEW, config_files=[str(path)])
-    assert tokens.apply_token_plan(again, backup_root=str(root)) == []
+    again = token_plan.plan_join_tokens(new_hash=NEW, config_files=[str(path)])
+    assert token_plan.apply_token_plan(again, backup_root=str(root)) == []
     # The first copy (the pre-rotation content) is still there, not overwritten.
     with open(copy) as handle:
         assert handle.read() == "token: %s\n" % secure()
@@ -590,8 +590,8 @@ def test_backup_root_rerun_after_rewrite_copies_nothing(tmp_path):
 def test_without_backup_root_the_copy_stays_next_to_the_file(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text("token: %s\n" % secure())
-    plan = tokens.plan_join_tokens(new_hash=NEW, config_files=[str(path)])
-    backups = tokens.apply_token_plan(plan, backup_root=None, backup_suffix="20261122T120000Z")
+    plan = token_plan.plan_join_tokens(new_hash=NEW, config_files=[str(path)])
+    backups = token_plan.apply_token_plan(plan, backup_root=None, backup_suffix="20261122T120000Z")
     assert backups == [str(path) + ".20261122T120000Z.bak"]
     assert (tmp_path / "config.yaml.20261122T120000Z.bak").read_text() == "token: %s\n" % secure()
     assert _mode(backups[0]) == 0o600
