@@ -18,6 +18,13 @@ from ansible_collections.kubepki.certs.plugins.module_utils._pki.errors import L
 
 DISTRIBUTIONS = ("k3s", "rke2", "kubeadm", "rke1")
 RANCHER_DISTRIBUTIONS = ("k3s", "rke2")
+# The distributions each operation supports. Modules take their ``distribution`` choices from here (their
+# DOCUMENTATION lists the same, checked by tests/unit/plugins/modules/test_module_contracts.py).
+CA_SET_DISTRIBUTIONS = ("k3s", "rke2", "kubeadm")        # ca_chain: the CA file layouts the engine writes
+SERVICE_KEY_DISTRIBUTIONS = ("k3s", "rke2", "kubeadm")   # service_account_key: service.key, or sa.key + sa.pub
+ROTATE_CA_DISTRIBUTIONS = RANCHER_DISTRIBUTIONS          # `<program> certificate rotate-ca`: ca_rotation, ca_verify
+JOIN_TOKEN_DISTRIBUTIONS = RANCHER_DISTRIBUTIONS         # K10 secure tokens carrying a CA hash: join_token
+HEALTH_GATE_DISTRIBUTIONS = ("k3s", "rke2", "kubeadm")   # an admin kubectl on every server: health_gate
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,13 @@ class Layout:
     force_restart_file: str | None
     kubectl: tuple = ()                   # argv prefix of the node's admin kubectl (servers)
     extra: dict = field(default_factory=dict)
+    api_ca: str | None = None             # CAFile.name of the CA that issues the API server's serving cert
+
+    def api_ca_file(self) -> str:
+        """The cert file (bundle on k3s/RKE2, as ``/cacerts`` serves it) a client trusts the API server by."""
+        if self.api_ca is None:
+            raise LayoutError("%s has no API server CA in the layout table" % self.distribution)
+        return self.tls_path(self.ca(self.api_ca).cert)
 
     def ca(self, name: str) -> CAFile:
         for entry in self.cas:
@@ -107,6 +121,7 @@ class Layout:
             "token_env_vars": list(self.token_env_vars),
             "force_restart_file": self.force_restart_file,
             "kubectl": list(self.kubectl),
+            "api_ca": self.api_ca,
         }
 
 
@@ -192,6 +207,7 @@ def _rancher_layout(program: str, data_dir: str | None) -> Layout:
         force_restart_file=force_restart,
         kubectl=kubectl,
         extra={"cn_prefix": program, "cacerts_path": "/cacerts"},
+        api_ca="server-ca",
     )
 
 
@@ -226,6 +242,7 @@ def _kubeadm_layout(data_dir: str | None) -> Layout:
         token_file=None, agent_token_file=None, config_files=(), env_files=(), unit_files=(),
         token_env_vars=(), force_restart_file=None,
         kubectl=("kubectl", "--kubeconfig", os.path.join(base, "admin.conf")),
+        api_ca="ca",
     )
 
 
@@ -246,6 +263,7 @@ def _rke1_layout(data_dir: str | None) -> Layout:
         server_unit="kubelet", agent_unit="kubelet", supervisor_port=6443,
         token_file=None, agent_token_file=None, config_files=(), env_files=(), unit_files=(),
         token_env_vars=(), force_restart_file=None, kubectl=("kubectl",), extra={"skip_suffixes": ("-key.pem", "-csr.pem")},
+        api_ca="kube-ca",
     )
 
 
