@@ -274,8 +274,8 @@ scanned_dirs:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.kubepki.certs.plugins.module_utils._pki.expiry import (
-    check_expiration,
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.expiry import check_expiration
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.expiry_report import (
     describe_failures,
     threshold_failures,
     unchained_leaves,

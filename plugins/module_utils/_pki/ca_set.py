@@ -23,7 +23,6 @@ from ansible_collections.kubepki.certs.plugins.module_utils._pki.errors import (
     ChainError,
     ExistingFileConflict,
     InvalidInputError,
-    KeyMismatchError,
 )
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.files import (
     PRIVATE_DIR_MODE,
@@ -32,8 +31,13 @@ from ansible_collections.kubepki.certs.plugins.module_utils._pki.files import (
     atomic_write,
     check_writable_dir,
     ensure_dir,
-    read_bytes,
     read_if_exists,
+)
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.issuing_ca import (
+    existing_ca,
+    load_supplied_ca,
+    timestamp_cn,
+    validate_issuing_ca,
 )
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.layout import RANCHER_DISTRIBUTIONS, get_layout
 
@@ -102,75 +106,6 @@ class CASetPlan:
     @property
     def changed(self) -> bool:
         return any(f.state != "unchanged" for f in self.files)
-
-
-def timestamp_cn(prefix: str, stem: str, now: datetime.datetime) -> str:
-    # k3s names its CAs "<program>-<stem>@<unix time>"; keep that so operators recognise them.
-    return "%s-%s@%d" % (prefix, stem, int(now.timestamp()))
-
-
-def _load_supplied_ca(cert_path: str, key_path: str | None, *, what: str):
-    certificates = certs_mod.load_certificates(read_bytes(cert_path, what="%s certificate" % what), source=cert_path)
-    certificate = certificates[0]
-    if not certs_mod.is_ca(certificate):
-        raise InvalidInputError("%s: the first certificate is not a CA (basicConstraints CA:TRUE missing); "
-                                "supply the %s CA certificate" % (cert_path, what), path=cert_path)
-    key = None
-    if key_path:
-        key = keys_mod.load_private_key(read_bytes(key_path, what="%s key" % what), source=key_path)
-        if not keys_mod.key_matches_certificate(key, certificate):
-            raise KeyMismatchError("%s does not match the first certificate of %s; supply the matching key"
-                                   % (key_path, cert_path), path=key_path)
-    return certificate, key, certificates[1:]
-
-
-_ANY_EKU = "2.5.29.37.0"
-_SERVER_AUTH = "1.3.6.1.5.5.7.3.1"
-_CLIENT_AUTH = "1.3.6.1.5.5.7.3.2"
-
-
-def validate_issuing_ca(certificate, *, source: str, levels_below: int, now: datetime.datetime) -> None:
-    """Refuse a root or intermediate that real verifiers would reject once CAs are issued below it.
-
-    Go (k3s, etcd, the apiserver) and OpenSSL both require a parent that is a CA with keyCertSign, a
-    pathlen that leaves room for the CA levels below it, an EKU (if any) that allows server and client
-    auth, and a validity period that includes now.
-    """
-    problems = []
-    if not certs_mod.can_sign_certificates(certificate):
-        problems.append("it cannot sign certificates (basicConstraints CA:TRUE and keyUsage keyCertSign are required)")
-    limit = certs_mod.path_length(certificate)
-    if limit is not None and limit < levels_below:
-        problems.append("its pathlen %d leaves room for %d CA level(s) below it, the set needs %d"
-                        % (limit, limit, levels_below))
-    usages = certs_mod.extended_key_usages(certificate)
-    if usages is not None and _ANY_EKU not in usages and not (_SERVER_AUTH in usages and _CLIENT_AUTH in usages):
-        problems.append("its extendedKeyUsage does not allow both serverAuth and clientAuth, which k3s's chain "
-                        "checks and client-certificate verification need (CA certificates normally carry no EKU)")
-    if certs_mod.not_before(certificate) > now:
-        problems.append("it is not valid before %s" % certs_mod.iso8601(certs_mod.not_before(certificate)))
-    if certs_mod.not_after(certificate) <= now:
-        problems.append("it expired on %s" % certs_mod.iso8601(certs_mod.not_after(certificate)))
-    if problems:
-        raise ChainError("%s cannot issue the CA set: %s" % (source, "; ".join(problems)), path=source)
-
-
-def _existing_ca(cert_path: str, key_path: str | None):
-    """(certificate, key) found on disk, or (None, None); malformed files raise InvalidInputError."""
-    data = read_if_exists(cert_path)
-    if data is None:
-        return None, None
-    certificate = certs_mod.load_certificates(data, source=cert_path)[0]
-    key = None
-    if key_path:
-        key_data = read_if_exists(key_path)
-        if key_data is not None:
-            key = keys_mod.load_private_key(key_data, source=key_path)
-            if not keys_mod.key_matches_certificate(key, certificate):
-                raise KeyMismatchError("%s does not match the first certificate of %s; restore the matching key, "
-                                       "or remove both files (or set force) to create a new CA"
-                                       % (key_path, cert_path), path=key_path)
-    return certificate, key
 
 
 class _Planner:
@@ -265,16 +200,16 @@ def _plan_root(planner: _Planner) -> CAState:
     pem_path = os.path.join(request.path, pem_name)
     key_path = os.path.join(request.path, key_name)
     if request.root_cert:
-        certificate, key, upper_chain = _load_supplied_ca(request.root_cert, request.root_key, what="root")
+        certificate, key, upper_chain = load_supplied_ca(request.root_cert, request.root_key, what="root")
         validate_issuing_ca(certificate, source=request.root_cert, levels_below=2, now=planner.now)
-        existing, _existing_key = _existing_ca(pem_path, None)
+        existing, _existing_key = existing_ca(pem_path, None)
         if existing is not None and existing != certificate and not request.force:
             raise ExistingFileConflict("%s already holds a different root than %s; remove it or set force"
                                        % (pem_path, request.root_cert), path=pem_path)
         state = CAState("root", certificate, key, pem_path, request.root_key, False)
         state.upper_chain = upper_chain
         return state
-    certificate, key = _existing_ca(pem_path, key_path)
+    certificate, key = existing_ca(pem_path, key_path)
     if certificate is not None:
         validate_issuing_ca(certificate, source=pem_path, levels_below=2, now=planner.now)
     if certificate is not None and planner.check_existing("the root CA", certificate, key, None, pem_path):
@@ -301,7 +236,7 @@ def _plan_intermediate(planner: _Planner, root: CAState) -> CAState:
             raise InvalidInputError("intermediate_cert %s was given without intermediate_key; the cluster CAs "
                                     "cannot be issued without the intermediate's private key"
                                     % request.intermediate_cert, path=request.intermediate_cert)
-        certificate, key, _chain = _load_supplied_ca(request.intermediate_cert, request.intermediate_key,
+        certificate, key, _chain = load_supplied_ca(request.intermediate_cert, request.intermediate_key,
                                                      what="intermediate")
         validate_issuing_ca(certificate, source=request.intermediate_cert, levels_below=1, now=planner.now)
         if not certs_mod.is_directly_issued_by(certificate, root.certificate):
@@ -310,7 +245,7 @@ def _plan_intermediate(planner: _Planner, root: CAState) -> CAState:
                              path=request.intermediate_cert)
         return CAState("intermediate", certificate, key, pem_path, key_path, False, [root],
                        key_source=request.intermediate_key)
-    certificate, key = _existing_ca(pem_path, key_path)
+    certificate, key = existing_ca(pem_path, key_path)
     if certificate is not None:
         validate_issuing_ca(certificate, source=pem_path, levels_below=1, now=planner.now)
     if certificate is not None and planner.check_existing("the intermediate CA", certificate, key, root, pem_path):
@@ -335,7 +270,7 @@ def _plan_cluster_ca(planner: _Planner, entry, issuer: CAState | None, *, pem_su
     cert_rel = entry.cert[:-len(".crt")] + ".pem" if pem_suffix else entry.cert
     cert_path = os.path.join(request.path, cert_rel)
     key_path = os.path.join(request.path, entry.key)
-    certificate, key = _existing_ca(cert_path, key_path)
+    certificate, key = existing_ca(cert_path, key_path)
     if certificate is not None and key is None and not request.force:
         raise ExistingFileConflict("%s exists but its key %s is missing; restore the key, or set force to "
                                    "replace this CA" % (cert_path, key_path), path=key_path)
@@ -421,7 +356,7 @@ def _plan_kubeadm(planner: _Planner) -> CASetPlan:
 
 def _plan_root_for_kubeadm(planner: _Planner) -> CAState:
     request = planner.request
-    certificate, key, upper_chain = _load_supplied_ca(request.root_cert, request.root_key, what="root")
+    certificate, key, upper_chain = load_supplied_ca(request.root_cert, request.root_key, what="root")
     validate_issuing_ca(certificate, source=request.root_cert, levels_below=2 if request.intermediate_cert else 1,
                         now=planner.now)
     state = CAState("root", certificate, key, request.root_cert, request.root_key, False)

@@ -12,12 +12,13 @@ import os
 
 import pytest
 
-from ansible_collections.kubepki.certs.plugins.module_utils._pki import expiry
+from ansible_collections.kubepki.certs.plugins.module_utils._pki import expiry, expiry_examination, expiry_report, kubeconfig
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.certs import (
     build_ca_certificate,
     build_leaf_certificate,
     dump_certificates,
 )
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.errors import InvalidInputError
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.keys import (
     generate_private_key,
     serialize_private_key,
@@ -147,7 +148,7 @@ def by_path(result, path):
 
 
 def assert_sorted(entries):
-    keys = [expiry.sort_key(e) for e in entries]
+    keys = [expiry_report.sort_key(e) for e in entries]
     assert keys == sorted(keys)
     ranks = [k[0] for k in keys]
     assert ranks == sorted(ranks)
@@ -156,21 +157,21 @@ def assert_sorted(entries):
 # ------------------------------------------------------------------------------------------------ helpers
 
 def test_days_left_floors_both_ways():
-    assert expiry.days_left(NOW + datetime.timedelta(days=2, hours=23), now=NOW) == 2
-    assert expiry.days_left(NOW - datetime.timedelta(hours=1), now=NOW) == -1
-    assert expiry.days_left(NOW, now=NOW) == 0
+    assert expiry_examination.days_left(NOW + datetime.timedelta(days=2, hours=23), now=NOW) == 2
+    assert expiry_examination.days_left(NOW - datetime.timedelta(hours=1), now=NOW) == -1
+    assert expiry_examination.days_left(NOW, now=NOW) == 0
 
 
 def test_serial_hex_even_upper():
-    assert expiry.serial_hex(0) == "00"
-    assert expiry.serial_hex(0xABC) == "0ABC"
-    assert expiry.serial_hex(255) == "FF"
+    assert expiry_examination.serial_hex(0) == "00"
+    assert expiry_examination.serial_hex(0xABC) == "0ABC"
+    assert expiry_examination.serial_hex(255) == "FF"
 
 
 def test_as_utc_accepts_naive():
     naive = datetime.datetime(2030, 1, 1, 0, 0, 0)
-    assert expiry.as_utc(naive).tzinfo is not None
-    assert expiry.as_utc(naive) == datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc)
+    assert expiry_examination.as_utc(naive).tzinfo is not None
+    assert expiry_examination.as_utc(naive) == datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc)
 
 
 # ------------------------------------------------------------------------------------------------ k3s
@@ -273,9 +274,9 @@ def test_k3s_missing_and_invalid(tmp_path, k3s_set):
     orphan = by_path(result, os.path.join(tls, "etcd", "peer-server-client.crt"))
     assert orphan["signed_by"] is None
     assert any("directly issued" in note for note in orphan["notes"])
-    failing = expiry.threshold_failures(entries, fail_days=7)
+    failing = expiry_report.threshold_failures(entries, fail_days=7)
     assert sorted(e["path"] for e in failing) == sorted(invalid)
-    message = expiry.describe_failures(failing, fail_days=7)
+    message = expiry_report.describe_failures(failing, fail_days=7)
     assert os.path.join(tls, "garbage.crt") in message and message.startswith("3 certificates")
 
 
@@ -421,7 +422,7 @@ def test_kubeadm_without_pyyaml_module(tmp_path, monkeypatch):
     write(os.path.join(str(tmp_path), "scheduler.conf"),
           kubeconfig_text(cluster="kubernetes", user="system:kube-scheduler", ca_pem=ca.pem, cert_pem=admin.pem,
                           key_pem=admin.key_pem, indent_lists=True, quote=True).encode())
-    monkeypatch.setattr(expiry, "yaml", None)
+    monkeypatch.setattr(kubeconfig, "yaml", None)
     result = expiry.check_expiration(layout, now=NOW + DAY)
     user = [e for e in result["certificates"] if e["kubeconfig_entry"] == "user/system:kube-scheduler"]
     assert len(user) == 1 and user[0]["status"] == "OK" and user[0]["key_matches"] is True
@@ -492,7 +493,7 @@ def test_parse_kubeconfig_line_reader_matches_yaml(k3s_set):
     for indent_lists in (False, True):
         text = kubeconfig_text(cluster="default", user="default", ca_pem=ca.pem, cert_pem=leaf.pem,
                                key_pem=leaf.key_pem, indent_lists=indent_lists, quote=indent_lists)
-        assert expiry.parse_kubeconfig(text, use_yaml=False) == expiry.parse_kubeconfig(text, use_yaml=True)
+        assert kubeconfig.parse_kubeconfig(text, use_yaml=False) == kubeconfig.parse_kubeconfig(text, use_yaml=True)
 
 
 def test_parse_kubeconfig_line_reader_details():
@@ -520,7 +521,7 @@ def test_parse_kubeconfig_line_reader_details():
         "    client-certificate: rel/client.crt",
         "",
     ])
-    parsed = expiry.parse_kubeconfig(text, use_yaml=False)
+    parsed = kubeconfig.parse_kubeconfig(text, use_yaml=False)
     assert [c["name"] for c in parsed["clusters"]] == ["first", "second"]
     assert parsed["clusters"][0]["server"] == "https://a:6443"
     assert parsed["clusters"][0]["certificate-authority"] == "/etc/ca.crt"
@@ -533,20 +534,20 @@ def test_parse_kubeconfig_line_reader_details():
 def test_parse_kubeconfig_json_and_rejects():
     data = {"apiVersion": "v1", "clusters": [{"name": "c", "cluster": {"certificate-authority-data": "QUJD"}}],
             "users": [{"name": "u", "user": {"client-certificate-data": "REVG"}}]}
-    parsed = expiry.parse_kubeconfig(json.dumps(data), use_yaml=False)
+    parsed = kubeconfig.parse_kubeconfig(json.dumps(data), use_yaml=False)
     assert parsed["clusters"][0]["certificate-authority-data"] == "QUJD"
     assert parsed["users"][0]["client-certificate-data"] == "REVG"
-    with pytest.raises(expiry.InvalidInputError):
-        expiry.parse_kubeconfig("just some text\n", use_yaml=False)
-    with pytest.raises(expiry.InvalidInputError):
-        expiry.parse_kubeconfig("- a\n- b\n", use_yaml=True)
+    with pytest.raises(InvalidInputError):
+        kubeconfig.parse_kubeconfig("just some text\n", use_yaml=False)
+    with pytest.raises(InvalidInputError):
+        kubeconfig.parse_kubeconfig("- a\n- b\n", use_yaml=True)
 
 
 def test_looks_like_kubeconfig():
-    assert expiry.looks_like_kubeconfig(b"apiVersion: v1\nclusters:\n- name: x\n")
-    assert expiry.looks_like_kubeconfig(b'{"clusters": []}')
-    assert not expiry.looks_like_kubeconfig(b"-----BEGIN CERTIFICATE-----\nclusters:\n")
-    assert not expiry.looks_like_kubeconfig(b"key: value\n")
+    assert kubeconfig.looks_like_kubeconfig(b"apiVersion: v1\nclusters:\n- name: x\n")
+    assert kubeconfig.looks_like_kubeconfig(b'{"clusters": []}')
+    assert not kubeconfig.looks_like_kubeconfig(b"-----BEGIN CERTIFICATE-----\nclusters:\n")
+    assert not kubeconfig.looks_like_kubeconfig(b"key: value\n")
 
 
 # ------------------------------------------------------------------------------------------------ rke1
@@ -590,7 +591,7 @@ def test_rke1_ssl_dir(tmp_path):
     assert result["kubeconfigs"][0]["embedded"] is False
     assert result["summary"]["counts"] == {"MISSING": 0, "INVALID": 0, "EXPIRED": 0, "NOT_YET_VALID": 0,
                                            "WARNING": 1, "OK": 4}
-    failing = expiry.threshold_failures(result["certificates"], fail_days=10)
+    failing = expiry_report.threshold_failures(result["certificates"], fail_days=10)
     assert [os.path.basename(e["path"]) for e in failing] == ["kube-etcd-10-0-0-1.pem"]
 
 
@@ -618,10 +619,10 @@ def test_only_paths_with_files_dirs_and_absent(tmp_path, k3s_set):
 
 
 def test_summary_of_nothing():
-    summary = expiry.summarize([], warn_days=30, now=NOW)
+    summary = expiry_report.summarize([], warn_days=30, now=NOW)
     assert summary["total"] == 0 and summary["soonest"] is None
     assert summary["checked_at"] == "2031-03-01T12:00:00Z"
-    assert set(summary["counts"]) == set(expiry.STATUSES)
+    assert set(summary["counts"]) == set(expiry_report.STATUSES)
 
 
 # ------------------------------------------------------------------------------------------------ unchained leaves
@@ -659,7 +660,7 @@ def test_unchained_leaves_lists_only_leaves_no_examined_ca_issued(tmp_path, k3s_
     assert by_path(result, os.path.join(tls, "garbage.crt"))["signed_by"] is None
     assert by_path(result, os.path.join(tls, "client-ca.crt"))["signed_by"] == "self"
 
-    unchained = expiry.unchained_leaves(entries)
+    unchained = expiry_report.unchained_leaves(entries)
     assert [e["path"] for e in unchained] == [os.path.join(tls, "client-controller.crt")]
     assert unchained[0]["issuer"] == "CN=k3s-client-ca@0"
 
@@ -668,5 +669,5 @@ def test_unchained_leaves_none_on_a_healthy_node(tmp_path, k3s_set):
     layout = build_k3s(tmp_path, k3s_set)
     result = expiry.check_expiration(layout, now=NOW + DAY)
     assert len(result["certificates"]) == len(layout.cas) + len(layout.leaves)
-    assert expiry.unchained_leaves(result["certificates"]) == []
-    assert expiry.unchained_leaves([]) == []
+    assert expiry_report.unchained_leaves(result["certificates"]) == []
+    assert expiry_report.unchained_leaves([]) == []
