@@ -6,11 +6,10 @@ from __future__ import annotations
 
 
 class ModuleDocFragment:
+    # Modules that read or build certificates and keys with the cryptography library. What a module writes is
+    # told by kubepki.certs._file_writes, which only the modules that write files extend.
     DOCUMENTATION = r"""
 options: {}
 requirements:
   - cryptography >= 38.0 on the managed node
-notes:
-  - Private keys are written in PEM without a passphrase, mode C(0600), through a temporary file that is renamed
-    into place, so a reader never sees a half-written file.
 """

@@ -27,6 +27,8 @@ author:
 extends_documentation_fragment:
   - kubepki.certs._attributes
   - kubepki.certs._cryptography_dep
+  - kubepki.certs._file_writes
+  - kubepki.certs._file_writes.private_keys
 attributes:
   check_mode:
     support: full
@@ -200,6 +202,7 @@ from ansible_collections.kubepki.certs.plugins.module_utils._pki.ca_set import (
     plan_report,
 )
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.keys import KEY_FORMATS, KEY_TYPES
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.layout import CA_SET_DISTRIBUTIONS
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.module_edge import require_cryptography, run_engine
 
 
@@ -207,7 +210,7 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             path=dict(type="path", required=True),
-            distribution=dict(type="str", required=True, choices=["k3s", "rke2", "kubeadm"]),
+            distribution=dict(type="str", required=True, choices=list(CA_SET_DISTRIBUTIONS)),
             root_cert=dict(type="path"),
             root_key=dict(type="path", no_log=False),
             intermediate_cert=dict(type="path"),

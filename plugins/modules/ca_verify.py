@@ -73,6 +73,7 @@ failed_checks:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.layout import ROTATE_CA_DISTRIBUTIONS
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.module_edge import require_cryptography, run_engine
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.verify import failures, verify_staging
 
@@ -82,7 +83,7 @@ def main():
         argument_spec=dict(
             current_path=dict(type="path", required=True),
             staging_path=dict(type="path", required=True),
-            distribution=dict(type="str", required=True, choices=["k3s", "rke2"]),
+            distribution=dict(type="str", required=True, choices=list(ROTATE_CA_DISTRIBUTIONS)),
             allow_disruptive=dict(type="bool", default=False),
         ),
         supports_check_mode=True,

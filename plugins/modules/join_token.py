@@ -34,6 +34,7 @@ author:
   - kubepki.certs developers (@kubepki)
 extends_documentation_fragment:
   - kubepki.certs._attributes
+  - kubepki.certs._file_writes
 attributes:
   check_mode:
     support: full
@@ -189,7 +190,7 @@ file_references:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.kubepki.certs.plugins.module_utils._pki.layout import get_layout
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.layout import JOIN_TOKEN_DISTRIBUTIONS, get_layout
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.module_edge import require_cryptography, run_engine
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.token_grammar import ca_hash_of_file, check_ca_hash
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.token_locations import discover_locations
@@ -204,7 +205,7 @@ _MASK_MIN_LENGTH = 4
 
 
 def _token_env_vars(distribution):
-    names = [distribution] if distribution else ["k3s", "rke2"]
+    names = [distribution] if distribution else JOIN_TOKEN_DISTRIBUTIONS
     variables = []
     for name in names:
         variables.extend(get_layout(name).token_env_vars)
@@ -220,7 +221,7 @@ def main():
             env_files=dict(type="list", elements="path", default=[]),
             unit_files=dict(type="list", elements="path", default=[]),
             token_files=dict(type="list", elements="path", default=[], no_log=False),
-            distribution=dict(type="str", choices=["k3s", "rke2"]),
+            distribution=dict(type="str", choices=list(JOIN_TOKEN_DISTRIBUTIONS)),
             discover=dict(type="bool", default=False),
             data_dir=dict(type="path"),
             pin_bare=dict(type="bool", default=False),

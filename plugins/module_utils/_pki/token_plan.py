@@ -15,6 +15,7 @@ import stat
 import time
 from dataclasses import dataclass, field
 
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.diffs import Change, summary_diff
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.errors import InvalidInputError
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.files import (
     PRIVATE_FILE_MODE,
@@ -356,16 +357,7 @@ def plan_report(plan: TokenPlan) -> dict:
 
 def plan_diff(plan: TokenPlan) -> list:
     """Ansible diff entries: per changed file, the token lines as ``line N: key: <redacted token>``."""
-    diffs = []
-    for file_plan in plan.files:
-        if not file_plan.changed:
-            continue
-        before, after = [], []
-        for location in file_plan.locations:
-            if location.status != CHANGED:
-                continue
-            before.append("line %d: %s: %s\n" % (location.line, location.key, location.redacted_before))
-            after.append("line %d: %s: %s\n" % (location.line, location.key, location.redacted_after))
-        diffs.append({"before_header": file_plan.path, "after_header": file_plan.path,
-                      "before": "".join(before), "after": "".join(after)})
-    return diffs
+    return [summary_diff(file_plan.path, (Change("line %d: %s" % (location.line, location.key),
+                                                 location.redacted_before, location.redacted_after)
+                                          for location in file_plan.locations if location.status == CHANGED))
+            for file_plan in plan.files if file_plan.changed]
