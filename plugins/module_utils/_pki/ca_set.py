@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from ansible_collections.kubepki.certs.plugins.module_utils._pki import certs as certs_mod
 from ansible_collections.kubepki.certs.plugins.module_utils._pki import keys as keys_mod
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.chain import hash_ca
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.diffs import file_states_diff
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.errors import (
     ChainError,
     ExistingFileConflict,
@@ -444,7 +445,5 @@ def plan_report(plan: CASetPlan) -> dict:
 
 
 def plan_diff(plan: CASetPlan) -> dict:
-    before = "".join("%s: %s\n" % (f.path, "absent" if f.state == "created" else "present")
-                     for f in plan.files if f.state != "unchanged")
-    after = "".join("%s: %s\n" % (f.path, f.state) for f in plan.files if f.state != "unchanged")
-    return {"before_header": plan.request.path, "after_header": plan.request.path, "before": before, "after": after}
+    """The Ansible diff: each file created or updated under the tls directory, never its content."""
+    return file_states_diff(plan.request.path, ((f.path, f.state) for f in plan.files))
