@@ -74,16 +74,66 @@ def unchained_leaves(entries: list) -> list:
             and entry["status"] != STATUS_MISSING]
 
 
+def entry_label(entry: dict) -> str:
+    """``<path>`` or ``<path>#<kubeconfig entry>``: how messages name an entry."""
+    if entry.get("kubeconfig_entry"):
+        return "%s#%s" % (entry["path"], entry["kubeconfig_entry"])
+    return entry["path"]
+
+
 def describe_failures(failing: list, *, fail_days: int) -> str:
     """One message naming every failing file, for fail_json and roles."""
     parts = []
     for entry in failing:
-        name = entry["path"]
-        if entry.get("kubeconfig_entry"):
-            name += "#%s" % entry["kubeconfig_entry"]
+        name = entry_label(entry)
         if entry["status"] == STATUS_INVALID:
             parts.append("%s: INVALID (%s)" % (name, entry.get("reason")))
         else:
             parts.append("%s: %s, %s days left" % (name, entry["status"], entry.get("days_left")))
     return "%d certificate%s expired, invalid, not yet valid or with fewer than %d days left: %s" % (
         len(failing), "" if len(failing) == 1 else "s", fail_days, "; ".join(parts))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The fleet report: every host's entries in one list (the check_expiration role, through the fleet_expiry filter)
+# ---------------------------------------------------------------------------------------------------------------
+
+def fleet_sort_key(entry: dict) -> tuple:
+    """:func:`sort_key` across hosts: MISSING, then INVALID, then by days left; ties by host and path compared
+    without case (as the fleet report has always been sorted), then as :func:`sort_key` orders one host."""
+    rank, left, path, kubeconfig_entry = sort_key(entry)
+    return (rank, left, entry["host"].lower(), path.lower(), entry["host"], path, kubeconfig_entry)
+
+
+def fleet_report(results: dict, *, warn_days: int, fail_days: int) -> dict:
+    """One report from ``{host: cert_check result}``: every entry with a ``host`` field, sorted by
+    :func:`fleet_sort_key`, counts per status, and per host its counts, soonest expiry and threshold failures.
+
+    A host whose result holds no entries (it did not run the check) adds nothing.
+    """
+    rows, hosts = [], {}
+    for host, result in results.items():
+        rows.extend(dict(entry, host=host) for entry in result.get("certificates") or ())
+        summary = result.get("summary")
+        if summary is not None:
+            hosts[host] = {"counts": summary["counts"], "total": summary["total"], "soonest": summary["soonest"],
+                           "threshold_failures": result.get("threshold_failures", [])}
+    return {
+        "warn_days": warn_days,
+        "fail_days": fail_days,
+        "counts": summarize(rows)["counts"],
+        "total": len(rows),
+        "hosts": hosts,
+        "certificates": sorted(rows, key=fleet_sort_key),
+    }
+
+
+def fleet_summary_lines(report: dict, *, host_count: int, soonest: int) -> list:
+    """Printable lines: the counts per status, then the ``soonest`` entries that expire first."""
+    counts = ", ".join("%s=%d" % (status, count) for status, count in report["counts"].items())
+    lines = ["%d certificate(s) on %d host(s): %s" % (report["total"], host_count, counts)]
+    dated = [entry for entry in report["certificates"] if entry.get("days_left") is not None]
+    for entry in dated[:soonest]:
+        lines.append("%s %s: %s, %d days left, not after %s"
+                     % (entry["host"], entry_label(entry), entry["status"], entry["days_left"], entry["not_after"]))
+    return lines

@@ -25,12 +25,7 @@ from dataclasses import dataclass, field
 
 from ansible_collections.kubepki.certs.plugins.module_utils._pki import certs as certs_mod
 from ansible_collections.kubepki.certs.plugins.module_utils._pki import keys as keys_mod
-from ansible_collections.kubepki.certs.plugins.module_utils._pki.ca_set import (
-    CASetRequest,
-    timestamp_cn,
-    plan_ca_set,
-    validate_issuing_ca,
-)
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.ca_set import CASetRequest, plan_ca_set
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.chain import build_chains, hash_ca
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.errors import (
     ChainError,
@@ -47,6 +42,7 @@ from ansible_collections.kubepki.certs.plugins.module_utils._pki.files import (
     read_bytes,
     read_if_exists,
 )
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.issuing_ca import timestamp_cn, validate_issuing_ca
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.layout import RANCHER_DISTRIBUTIONS, get_layout
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.pem import blocks_with_labels
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.service_keys import (
