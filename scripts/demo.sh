@@ -51,7 +51,7 @@ say "2. Cluster state before the rotation"
     | tee "${DEMO_DIR}/before.log" | grep -E '"(Ready nodes|server[0-9]+ \(|agent[0-9]+ \(|token CA)' | sort -u
 sed -n '1,12p' "${LAB}/report/fleet-expiry.md"
 
-say "3. rotate-ca.yml under live traffic (probe: old client with the pre-rotation CA, current client, etcd)"
+say "3. rotate-ca.yml under live traffic (probe of real clients: Go TLS client with the pre-rotation CA and with the current CA, etcdctl)"
 TLS="${LAB}/hosts/server1/root/var/lib/rancher/k3s/server/tls"
 mkdir -p "${DEMO_DIR}/probe-ca"
 cp "${TLS}/server-ca.crt" "${DEMO_DIR}/probe-ca/old.crt"
@@ -62,7 +62,7 @@ python3 "${PROBE}" start --out "${DEMO_DIR}/probe" --lab-state "${LAB}/state.jso
     --old-ca "${DEMO_DIR}/probe-ca/old.crt" --current-ca-file "${DEMO_DIR}/probe-ca/current.crt" \
     --client-cert "${DEMO_DIR}/probe-ca/client-admin.crt" --client-key "${DEMO_DIR}/probe-ca/client-admin.key" \
     --etcd-cacert "${DEMO_DIR}/probe-ca/etcd-ca.crt" --etcd-cert "${DEMO_DIR}/probe-ca/client.crt" \
-    --etcd-key "${DEMO_DIR}/probe-ca/client.key" --interval 0.5 --duration 900 --path /version >/dev/null
+    --etcd-key "${DEMO_DIR}/probe-ca/client.key" --interval 0.5 --duration 900 --path /version --restarts "${SERVERS}" >/dev/null
 start=$(date +%s)
 "${PLAYBOOK}" -i "${LAB}/inventory.ini" "${ROOT}/rotate-ca.yml" | tee "${DEMO_DIR}/rotate-ca.log" \
     | grep -E 'PLAY \[|staged on|token CA hash|ok=' || { echo "rotate-ca.yml failed: see ${DEMO_DIR}/rotate-ca.log"; exit 1; }
@@ -83,7 +83,12 @@ grep -E '"Ready nodes' "${DEMO_DIR}/after.log" | sort -u
 python3 - "${DEMO_DIR}/probe/summary.json" <<'PY'
 import json, sys
 summary = json.load(open(sys.argv[1]))
-for kind, totals in sorted(summary.get("kinds", summary.get("totals", {})).items()):
-    print("probe %-8s ok=%s fail=%s failovers=%s" % (kind, totals.get("ok"), totals.get("fail"), totals.get("failovers", 0)))
+for kind, totals in sorted(summary.get("kinds", {}).items()):
+    writes = totals.get("writes")
+    extra = " writes acked=%(acked)s lost=%(lost)s failed=%(failed)s unresolved=%(unresolved)s" % writes if writes else ""
+    print("probe %-8s ok=%s fail=%s failovers=%s cert_failures=%s blips=%s%s" % (
+        kind, totals.get("ok"), totals.get("fail"), totals.get("failovers", 0), totals.get("cert_failures"), totals.get("blips"), extra))
+verdict = summary.get("verdict", {})
+print("probe verdict: %s" % ("OK" if verdict.get("ok") else verdict.get("problems")))
 PY
 echo "rotate-ca.yml took $((end - start)) s. Logs and reports: ${DEMO_DIR}"

@@ -387,7 +387,9 @@ def work_dir(tmp_path_factory):
 
 
 def start_probe(lab, out):
-    """Probe (old client, current client, etcd) against every server; the CA/client files are snapshots taken now."""
+    """Probe of real clients (Go TLS client with the old and the current CA, etcdctl over every etcd member) against every
+    server; the CA/client files are snapshots taken now. The verdict allows one availability blip per client and
+    server restart (the rotation restarts every server once)."""
     snap = os.path.join(out, "ca")
     os.makedirs(snap, exist_ok=True)
     server1 = lab.servers[0]
@@ -405,12 +407,13 @@ def start_probe(lab, out):
          "--old-ca", os.path.join(snap, "old.crt"), "--current-ca-file", os.path.join(snap, "current.crt"),
          "--client-cert", os.path.join(snap, "client-admin.crt"), "--client-key", os.path.join(snap, "client-admin.key"),
          "--etcd-cacert", os.path.join(snap, "etcd-ca.crt"), "--etcd-cert", os.path.join(snap, "etcd-client.crt"),
-         "--etcd-key", os.path.join(snap, "etcd-client.key"), "--interval", "0.5", "--duration", "900"], timeout=30)
+         "--etcd-key", os.path.join(snap, "etcd-client.key"), "--interval", "0.5", "--duration", "900",
+         "--restarts", str(len(lab.servers))], timeout=300)
     return snap
 
 
 def stop_probe(out):
-    run([sys.executable, PROBE, "stop", "--out", out, "--timeout", "30"], timeout=60, check=False)
+    run([sys.executable, PROBE, "stop", "--out", out, "--timeout", "90"], timeout=120, check=False)
     path = os.path.join(out, "summary.json")
     assert os.path.exists(path), "the probe left no summary in %s (see probe.log there)" % out
     with open(path, encoding="utf-8") as handle:
@@ -431,13 +434,25 @@ def rotate_under_probe(lab, out):
 
 
 def assert_probe_clean(summary):
+    """The probe's verdict (real clients): 0 certificate failures, 0 acknowledged etcd writes lost, every failed write
+    resolved, at most one availability blip per server restart and client; and enough traffic of every kind."""
     kinds = summary.get("kinds", {})
-    detail = "; ".join("%s ok=%s fail=%s failovers=%s (failover reasons %s, failure reasons %s)" % (
-        kind, kinds.get(kind, {}).get("ok"), kinds.get(kind, {}).get("fail"), kinds.get(kind, {}).get("failovers"),
-        kinds.get(kind, {}).get("failover_reasons"), kinds.get(kind, {}).get("failure_reasons")) for kind in ("old", "current", "etcd"))
+    parts = []
+    for kind in ("old", "current", "etcd"):
+        entry = kinds.get(kind, {})
+        text = "%s ok=%s fail=%s failovers=%s cert_failures=%s blips=%s" % (
+            kind, entry.get("ok"), entry.get("fail"), entry.get("failovers"), entry.get("cert_failures"), entry.get("blips"))
+        writes = entry.get("writes")
+        if writes:
+            text += " writes acked=%s lost=%s failed=%s (written %s, absent %s, unresolved %s)" % (
+                writes["acked"], writes["lost"], writes["failed"], writes["failed_written"], writes["failed_absent"], writes["unresolved"])
+        if entry.get("failure_reasons") or entry.get("failover_reasons"):
+            text += " (failure reasons %s, failover reasons %s)" % (entry.get("failure_reasons"), entry.get("failover_reasons"))
+        parts.append(text)
+    detail = "; ".join(parts)
     for kind in ("old", "current", "etcd"):
         assert kinds.get(kind, {}).get("ok", 0) > 10, "probe kind %s made too few requests: %s" % (kind, detail)
-        assert kinds[kind].get("fail", 0) == 0, "probe requests failed during the rotation: %s" % detail
+    assert summary["verdict"]["ok"], "probe verdict: %s; %s" % (summary["verdict"]["problems"], detail)
     return detail
 
 

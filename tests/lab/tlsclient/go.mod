@@ -1,0 +1,3 @@
+module kubepki.example/labclient
+
+go 1.19
