@@ -101,64 +101,30 @@ problems:
   elements: str
 """
 
-import os
-import ssl
-import time
-from urllib.error import URLError
-
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.urls import ConnectionError as UrlsConnectionError
-from ansible.module_utils.urls import open_url
 
-from ansible_collections.kubepki.certs.plugins.module_utils._pki.health import (
-    cacerts_problem,
-    nodes_problems,
-    readyz_problem,
-)
-from ansible_collections.kubepki.certs.plugins.module_utils._pki.layout import get_layout
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.gate import GateChecks, fetch_cacerts, gate_problems, poll
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.layout import HEALTH_GATE_DISTRIBUTIONS, get_layout
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.module_edge import kubectl_command, run_engine
 
+fetch = fetch_cacerts
 
-def fetch(url: str, ca_file: str, timeout: float):
-    """(body, None) or (None, why): verification failures are reported, never bypassed."""
-    if not os.path.isfile(ca_file):
-        return None, "CA file %s: No such file or directory" % ca_file
-    try:
-        response = open_url(url, ca_path=ca_file, validate_certs=True, timeout=timeout, use_proxy=False,
-                            follow_redirects="none")
-        try:
-            return response.read(), None
-        finally:
-            response.close()
-    except (OSError, URLError, ssl.SSLError, ValueError, UrlsConnectionError) as exc:
-        return None, str(getattr(exc, "reason", exc))[:300]
+
+def checks_from(params: dict, ca_file: str) -> GateChecks:
+    return GateChecks(readyz=params["readyz"], ready_nodes=tuple(params["ready_nodes"]), cacerts_url=params["cacerts_url"],
+                      cacerts_ca_file=ca_file, expected_cacerts_sha256=params["expected_cacerts_sha256"],
+                      fetch_timeout=min(10.0, max(1.0, params["timeout"])))
 
 
 def attempt(module, kubectl: list, params: dict, ca_file: str) -> list:
-    problems = []
-    if (params["readyz"] or params["ready_nodes"]) and not os.path.exists(kubectl[0]):
-        # RKE2 re-stages <data-dir>/bin at start: a missing kubectl right after a restart is worth a retry
-        return ["kubectl: %s does not exist (yet)" % kubectl[0]]
-    if params["readyz"]:
-        rc, out, err = module.run_command(kubectl + ["get", "--raw", "/readyz"])
-        problem = readyz_problem(rc, out, err)
-        if problem:
-            problems.append(problem)
-    if params["ready_nodes"]:
-        rc, out, err = module.run_command(kubectl + ["get", "nodes", "-o", "json"])
-        problems.extend(nodes_problems(rc, out, err, params["ready_nodes"]))
-    if params["cacerts_url"]:
-        body, error = fetch(params["cacerts_url"], ca_file, timeout=min(10.0, max(1.0, params["timeout"])))
-        problem = cacerts_problem(body, error, params["expected_cacerts_sha256"])
-        if problem:
-            problems.append(problem)
-    return problems
+    """One attempt of the asked checks (the engine's gate_problems with the module's run_command)."""
+    return gate_problems(checks_from(params, ca_file), kubectl=kubectl, run=module.run_command)
 
 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            distribution=dict(type="str", required=True, choices=["k3s", "rke2", "kubeadm"]),
+            distribution=dict(type="str", required=True, choices=list(HEALTH_GATE_DISTRIBUTIONS)),
             data_dir=dict(type="path"),
             readyz=dict(type="bool", default=True),
             ready_nodes=dict(type="list", elements="str", default=[]),
@@ -176,21 +142,13 @@ def main():
     if kubectl is None and (params["readyz"] or params["ready_nodes"]):
         module.fail_json(msg="%s not found on the PATH of %s" % (layout.kubectl[0], layout.distribution),
                          attempts=0, elapsed=0.0, problems=["%s not found" % layout.kubectl[0]])
-    ca_file = params["cacerts_ca_file"] or layout.tls_path("server-ca.crt")
-    started = time.monotonic()
-    deadline = started + max(0, params["timeout"])
-    attempts = 0
-    while True:
-        attempts += 1
-        problems = attempt(module, kubectl, params, ca_file)
-        elapsed = round(time.monotonic() - started, 1)
-        if not problems:
-            module.exit_json(changed=False, attempts=attempts, elapsed=elapsed, problems=[])
-        if time.monotonic() + params["interval"] > deadline:
-            module.fail_json(msg="health gate failed after %.0f s (%d attempts): %s"
-                             % (elapsed, attempts, "; ".join(problems)),
-                             attempts=attempts, elapsed=elapsed, problems=problems)
-        time.sleep(params["interval"])
+    ca_file = params["cacerts_ca_file"] or run_engine(module, layout.api_ca_file)
+    result = poll(lambda: attempt(module, kubectl, params, ca_file), timeout=params["timeout"],
+                  interval=params["interval"])
+    if not result.ok:
+        module.fail_json(msg="health gate failed after %.0f s (%d attempts): %s"
+                         % (result.elapsed, result.attempts, "; ".join(result.problems)), **result.as_dict())
+    module.exit_json(changed=False, **result.as_dict())
 
 
 if __name__ == "__main__":

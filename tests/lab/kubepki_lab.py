@@ -59,6 +59,7 @@ PRIVATE_DIRS = (
     "/var/lib/rancher",
     "/run/k3s",
     "/var/log/kubepki-lab",
+    "/etc/systemd/system",  # per-host unit files (a token in ExecStart); nothing runs systemd in the lab
 )
 # Shared directories sshd needs on the real root (privilege separation dir on Debian).
 SUPPORT_DIRS = ("/run/sshd",)

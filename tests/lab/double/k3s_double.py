@@ -2838,11 +2838,14 @@ def install(root, python):
     for unit, (program, role) in UNITS.items():
         atomic_write(os.path.join(initdir, unit), INIT_SCRIPT.format(unit=unit, program=program, role=role, python=python,
                                                                      binary=os.path.join(os.path.abspath(root), "usr/local/bin", program)), 0o755)
-    return [os.path.join(bindir, p) for p in ("k3s", "rke2")] + [os.path.join(initdir, u) for u in UNITS]
+    # the systemctl stand-in and recorder (systemctl_double.py): no systemd in the lab hosts
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "systemctl_double.py"), encoding="utf-8") as handle:
+        atomic_write(os.path.join(bindir, "systemctl"), "#!%s\n" % python + handle.read(), 0o755)
+    return [os.path.join(bindir, p) for p in ("k3s", "rke2", "systemctl")] + [os.path.join(initdir, u) for u in UNITS]
 
 
 def uninstall(root):
-    for path in [os.path.join(root, "usr/local/bin", p) for p in ("k3s", "rke2")] + [os.path.join(root, "etc/init.d", u) for u in UNITS]:
+    for path in [os.path.join(root, "usr/local/bin", p) for p in ("k3s", "rke2", "systemctl")] + [os.path.join(root, "etc/init.d", u) for u in UNITS]:
         if os.path.exists(path):
             os.unlink(path)
 
