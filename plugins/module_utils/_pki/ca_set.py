@@ -238,7 +238,7 @@ def _plan_intermediate(planner: _Planner, root: CAState) -> CAState:
                                     "cannot be issued without the intermediate's private key"
                                     % request.intermediate_cert, path=request.intermediate_cert)
         certificate, key, _chain = load_supplied_ca(request.intermediate_cert, request.intermediate_key,
-                                                     what="intermediate")
+                                                    what="intermediate")
         validate_issuing_ca(certificate, source=request.intermediate_cert, levels_below=1, now=planner.now)
         if not certs_mod.is_directly_issued_by(certificate, root.certificate):
             raise ChainError("%s was not issued by the root %s; supply the intermediate of that root"

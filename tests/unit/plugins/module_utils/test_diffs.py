@@ -42,8 +42,8 @@ def test_a_list_of_entries_renders_every_file():
 
 def test_file_states_leave_unchanged_files_out():
     diff = file_states_diff("/stage/tls", [("/stage/tls/server-ca.crt", "created"),
-                                          ("/stage/tls/client-ca.crt", "updated"),
-                                          ("/stage/tls/service.key", "unchanged")])
+                                           ("/stage/tls/client-ca.crt", "updated"),
+                                           ("/stage/tls/service.key", "unchanged")])
     assert diff["before"] == "/stage/tls/server-ca.crt: absent\n/stage/tls/client-ca.crt: present\n"
     assert diff["after"] == "/stage/tls/server-ca.crt: created\n/stage/tls/client-ca.crt: updated\n"
     rendered = _rendered(diff)
