@@ -68,3 +68,10 @@ def pending_writes_diff(header: str, paths: Iterable[str], *, detail: dict | Non
             after = "%s (%s)" % (after, detail[path])
         changes.append(Change(path, PRESENT if exists else ABSENT, after))
     return summary_diff(header, changes)
+
+
+def steps_diff(header: str, steps: Iterable[str]) -> dict:
+    """The diff of a change made by actions rather than by file content (a service restart): nothing before,
+    the steps in order after."""
+    return {"before_header": header, "after_header": header, "before": "",
+            "after": "".join("%s\n" % step for step in steps)}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.diffs import steps_diff
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.errors import InvalidInputError, LayoutError
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.expiry import check_expiration
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.expiry_report import (
@@ -48,8 +49,7 @@ class RestartPlan:
     def diff(self, systemctl: str) -> dict:
         steps = (["touch %s" % self.force_restart_file] if self.restart and self.force_restart_file else [])
         steps += [" ".join(argv) for argv in self.commands(systemctl)]
-        return {"before": "", "after": "".join(step + "\n" for step in steps),
-                "before_header": "%s (running)" % self.unit, "after_header": "%s (steps)" % self.unit}
+        return steps_diff("%s (steps)" % self.unit, steps)
 
 
 def plan_restart(layout, *, node_role: str, restart: bool, daemon_reload: bool, force_restart: bool) -> RestartPlan:

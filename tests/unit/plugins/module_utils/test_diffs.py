@@ -11,6 +11,7 @@ from ansible_collections.kubepki.certs.plugins.module_utils._pki.diffs import (
     Change,
     file_states_diff,
     pending_writes_diff,
+    steps_diff,
     summary_diff,
 )
 
@@ -68,3 +69,11 @@ def test_pending_writes_are_judged_by_the_disk(tmp_path):
     assert diff["before"].splitlines() == ["%s: present" % existing, "%s: absent" % missing, "%s: present" % link]
     assert diff["after"].splitlines() == ["%s: updated (signing key 3f2a)" % existing, "%s: created" % missing,
                                           "%s: updated" % link]
+
+
+def test_steps_render_as_added_lines():
+    diff = steps_diff("rke2-server (steps)", ["systemctl daemon-reload", "systemctl restart rke2-server"])
+    assert diff["before"] == ""
+    lines = _rendered(diff).splitlines()
+    assert "+systemctl daemon-reload" in lines and "+systemctl restart rke2-server" in lines
+    assert lines.index("+systemctl daemon-reload") < lines.index("+systemctl restart rke2-server")
