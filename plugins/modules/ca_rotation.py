@@ -11,8 +11,9 @@ module: ca_rotation
 short_description: Stage a k3s or RKE2 CA rotation set for C(certificate rotate-ca)
 version_added: 0.2.0
 description:
-  - Reads the live CA files of a k3s or RKE2 server and writes the rotation set into O(staging_path)C(/tls/), the
-    directory later passed to C(<k3s|rke2> certificate rotate-ca --path).
+  - Reads the live CA files of a k3s or RKE2 server and writes the rotation set into a staging tree, O(staging_dir)
+    (or the directory O(staging_path) later passed to C(<k3s|rke2> certificate rotate-ca --path)). The module returns
+    the tree's paths (RV(staging_tree)), so callers never spell them.
   - O(mode=cross_sign) (clusters on the default self-signed CAs, or any cluster whose CA keys are on the server)
     creates per CA a new self-signed root, the same root key cross-signed by the current CA, and a new cluster CA
     issued by the new root. The bundle is the new CA, the new root, the cross-signed root, then the current chain;
@@ -21,6 +22,11 @@ description:
   - O(mode=renew) (custom-CA clusters) issues new cluster CAs under the existing intermediate, or under a new
     intermediate when O(root_cert) and O(root_key) are given. The root stays, so the join token does not change.
   - O(mode=new_root) creates a fresh hierarchy. That is disruptive; k3s loads it only with C(--force).
+  - O(mode=restore) undoes a rotation. It stages the CA bundles and keys of the rotation's backup tree
+    (O(backup_dir)/O(rotation_id), as M(kubepki.certs.backup) wrote it) with a byte copy of the current
+    C(service.key), so tokens signed since the rotation keep verifying. Loading it needs C(--force) (a default CA is
+    a single self-signed certificate). It fails, before writing anything, when the tree or its copy of
+    O(current_path) is missing.
   - The staging directory must lie outside the live tls directory; the module refuses, before writing anything,
     a staging path whose C(tls/) is, contains or lies inside it. The live directory is only read.
   - Compare, then act. A staged set from an earlier run that still chains to the current CAs is kept, so a rerun
@@ -43,11 +49,26 @@ options:
     description: The live tls directory, for example C(/var/lib/rancher/k3s/server/tls). Only read.
     type: path
     required: true
+  staging_dir:
+    description:
+      - The staging tree (mode C(0700)). The set goes where RV(staging_tree.tls_dir) says, and
+        RV(staging_tree.data_dir) is what C(certificate rotate-ca --path) takes.
+      - Exactly one of O(staging_dir) and O(staging_path) is required.
+    type: path
   staging_path:
     description:
-      - The directory passed to C(certificate rotate-ca --path). The module fills C(<staging_path>/tls/) (mode C(0700)).
+      - The directory passed to C(certificate rotate-ca --path), named directly. The module fills its C(tls/).
     type: path
-    required: true
+  backup_dir:
+    description:
+      - Where the roles back up live files before changing them. The module only resolves the rotation's backup
+        tree in it (RV(backup_tree)); with O(mode=restore) it reads the backed-up CAs from there.
+    type: path
+  rotation_id:
+    description:
+      - O(mode=restore) the id of the rotation to undo (a directory under O(backup_dir)). Otherwise it is derived
+        from the new server CA (RV(rotation_id)).
+    type: str
   distribution:
     description: The distribution.
     type: str
@@ -57,7 +78,7 @@ options:
     description: How to rotate; see the description.
     type: str
     default: cross_sign
-    choices: [cross_sign, renew, new_root]
+    choices: [cross_sign, renew, new_root, restore]
   service_key:
     description:
       - C(rotate) stages a C(service.key) with a new RSA key first and the current keys kept; C(keep) stages a
@@ -130,20 +151,30 @@ EXAMPLES = r"""
 - name: Stage a cross-signed rotation of a default-CA k3s cluster
   kubepki.certs.ca_rotation:
     current_path: /var/lib/rancher/k3s/server/tls
-    staging_path: /var/lib/kubepki/rotate-ca/server
+    staging_dir: /var/lib/kubepki/rotate-ca
+    backup_dir: /var/lib/kubepki/backup
     distribution: k3s
   register: rotation
 
 - name: Prove it safe before loading
   kubepki.certs.ca_verify:
     current_path: /var/lib/rancher/k3s/server/tls
-    staging_path: /var/lib/kubepki/rotate-ca/server
+    staging_path: "{{ rotation.staging_tree.data_dir }}"
     distribution: k3s
+
+- name: Stage the CAs backed up by that rotation (load them with rotate-ca --force)
+  kubepki.certs.ca_rotation:
+    current_path: /var/lib/rancher/k3s/server/tls
+    staging_dir: /var/lib/kubepki/rotate-ca-rollback
+    distribution: k3s
+    mode: restore
+    backup_dir: /var/lib/kubepki/backup
+    rotation_id: "{{ rotation.rotation_id }}"
 
 - name: Renew the cluster CAs of a custom-CA RKE2 cluster under its intermediate
   kubepki.certs.ca_rotation:
     current_path: /var/lib/rancher/rke2/server/tls
-    staging_path: /var/lib/kubepki/rotate-ca/server
+    staging_dir: /var/lib/kubepki/rotate-ca
     distribution: rke2
     mode: renew
     intermediate_cert: /secure/intermediate-ca.pem
@@ -156,15 +187,39 @@ mode:
   returned: always
   type: str
 staging_tls:
-  description: The staging tls directory that was filled.
+  description: The staging tls directory that was filled (RV(staging_tree.tls_dir)).
   returned: always
   type: str
+staging_tree:
+  description: The staging tree's paths.
+  returned: always
+  type: dict
+  contains:
+    root:
+      description: The tree (O(staging_dir)).
+      type: str
+    data_dir:
+      description: What C(certificate rotate-ca --path) takes.
+      type: str
+    tls_dir:
+      description: Where the set lies.
+      type: str
+    state_file:
+      description: Where the roles record the rotation (id, mode, step, fingerprints, backup tree).
+      type: str
+  sample: {"root": "/var/lib/kubepki/rotate-ca", "data_dir": "/var/lib/kubepki/rotate-ca/server",
+           "tls_dir": "/var/lib/kubepki/rotate-ca/server/tls", "state_file": "/var/lib/kubepki/rotate-ca/state.json"}
+backup_tree:
+  description: The rotation's backup tree, O(backup_dir)C(/)RV(rotation_id); null without O(backup_dir).
+  returned: always
+  type: str
+  sample: /var/lib/kubepki/backup/20261122T120000Z
 already_loaded:
   description: The live set already is the staged set; nothing was staged.
   returned: always
   type: bool
 disruptive:
-  description: Loading the set breaks trust for nodes and clients holding the current CAs (O(mode=new_root)).
+  description: Loading the set breaks trust for nodes and clients holding the current CAs (O(mode=new_root) and O(mode=restore)).
   returned: always
   type: bool
 requires_force:
@@ -192,7 +247,7 @@ server_ca_sha256:
 rotation_id:
   description:
     - Name of the rotation, from the new server CA's notBefore (UTC, C(YYYYMMDDTHHMMSSZ)). A resumed run gets the same
-      id. The roles name the backup directory after it.
+      id; O(mode=restore) returns O(rotation_id). The backup tree is named after it.
   returned: always
   type: str
   sample: 20261122T120000Z
@@ -214,6 +269,7 @@ files:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.ca_restore import plan_ca_restore
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.keys import KEY_FORMATS, KEY_TYPES
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.module_edge import require_cryptography, run_engine
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.rotation import (
@@ -231,9 +287,12 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             current_path=dict(type="path", required=True),
-            staging_path=dict(type="path", required=True),
+            staging_dir=dict(type="path"),
+            staging_path=dict(type="path"),
+            backup_dir=dict(type="path"),
+            rotation_id=dict(type="str"),
             distribution=dict(type="str", required=True, choices=["k3s", "rke2"]),
-            mode=dict(type="str", default="cross_sign", choices=list(MODES)),
+            mode=dict(type="str", default="cross_sign", choices=list(MODES) + ["restore"]),
             service_key=dict(type="str", default="rotate", choices=list(SERVICE_KEY_ACTIONS), no_log=False),
             service_key_keep=dict(type="int", no_log=False),
             root_cert=dict(type="path"),
@@ -248,10 +307,14 @@ def main():
             cn_prefix=dict(type="str"),
             bundle_order=dict(type="str", default="upstream", choices=list(BUNDLE_ORDERS)),
         ),
+        required_one_of=[("staging_dir", "staging_path")],
+        mutually_exclusive=[("staging_dir", "staging_path")],
+        required_if=[("mode", "restore", ("backup_dir", "rotation_id"))],
         supports_check_mode=True,
     )
     require_cryptography(module)
-    plan = run_engine(module, plan_rotation, RotationRequest(**module.params))
+    planner = plan_ca_restore if module.params["mode"] == "restore" else plan_rotation
+    plan = run_engine(module, planner, RotationRequest(**module.params))
     if plan.changed and not module.check_mode:
         run_engine(module, apply_rotation, plan)
     result = plan_report(plan)

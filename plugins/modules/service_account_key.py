@@ -33,13 +33,21 @@ attributes:
       - The diff names the files and the public-key fingerprints, never key material.
 options:
   path:
-    description: The current key file (C(server/tls/service.key), or kubeadm's C(sa.key)).
+    description:
+      - The current key file. Defaults to the distribution's live one (C(service.key) in the tls directory, or
+        kubeadm's C(sa.key)), under O(data_dir) when given.
     type: path
-    required: true
+  data_dir:
+    description: Overrides the distribution's data directory when O(path) is derived from the layout.
+    type: path
   dest:
-    description: The file to write, normally in a staging directory (C(<staging>/tls/service.key)).
+    description: The file to write, normally in a staging directory. Exactly one of O(dest) and O(staging_dir).
     type: path
-    required: true
+  staging_dir:
+    description:
+      - k3s and RKE2. The staging tree for C(certificate rotate-ca); the key goes into its tls directory, and
+        RV(staging_tree) returns the tree's paths (its C(data_dir) is what C(rotate-ca --path) takes).
+    type: path
   distribution:
     description: The file layout to follow.
     type: str
@@ -71,9 +79,14 @@ seealso:
 EXAMPLES = r"""
 - name: Stage a rotated service.key for k3s certificate rotate-ca
   kubepki.certs.service_account_key:
-    path: /var/lib/rancher/k3s/server/tls/service.key
-    dest: /var/lib/kubepki/staging/server/tls/service.key
+    staging_dir: /var/lib/kubepki/rotate-service-key
     distribution: k3s
+  register: staged
+
+- name: Load it (only the service key is staged)
+  ansible.builtin.command:
+    argv: [k3s, certificate, rotate-ca, --path, "{{ staged.staging_tree.data_dir }}"]
+  when: staged.files | length > 0
 
 - name: kubeadm, keep only the two most recent previous keys
   kubepki.certs.service_account_key:
@@ -114,6 +127,13 @@ dropped_key_count:
   description: Current keys not kept because of O(keep).
   returned: always
   type: int
+staging_tree:
+  description: The staging tree's paths (C(root), C(data_dir), C(tls_dir), C(state_file)).
+  returned: when O(staging_dir) is given
+  type: dict
+  sample: {"root": "/var/lib/kubepki/rotate-service-key", "data_dir": "/var/lib/kubepki/rotate-service-key/server",
+           "tls_dir": "/var/lib/kubepki/rotate-service-key/server/tls",
+           "state_file": "/var/lib/kubepki/rotate-service-key/state.json"}
 backup_file:
   description: The backup of O(path) made before an in-place rewrite.
   returned: when in_place rewrote the file
@@ -123,6 +143,7 @@ backup_file:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.keys import KEY_FORMATS, KEY_TYPES
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.layout import RANCHER_DISTRIBUTIONS, get_layout
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.module_edge import require_cryptography, run_engine
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.service_keys import (
     ServiceKeyRequest,
@@ -130,24 +151,42 @@ from ansible_collections.kubepki.certs.plugins.module_utils._pki.service_keys im
     plan_report,
     plan_service_key_rotation,
 )
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.trees import staging_tree
 
 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            path=dict(type="path", required=True),
-            dest=dict(type="path", required=True),
+            path=dict(type="path"),
+            data_dir=dict(type="path"),
+            dest=dict(type="path"),
+            staging_dir=dict(type="path"),
             distribution=dict(type="str", required=True, choices=["k3s", "rke2", "kubeadm"]),
             keep=dict(type="int", no_log=False),
             key_type=dict(type="str", default="rsa-2048", choices=list(KEY_TYPES), no_log=False),
             key_format=dict(type="str", default="traditional", choices=list(KEY_FORMATS), no_log=False),
             in_place=dict(type="bool", default=False),
         ),
+        required_one_of=[("dest", "staging_dir")],
+        mutually_exclusive=[("dest", "staging_dir")],
         supports_check_mode=True,
     )
     require_cryptography(module)
-    plan = run_engine(module, plan_service_key_rotation, ServiceKeyRequest(**module.params))
+    params = dict(module.params)
+    layout = run_engine(module, get_layout, params["distribution"], data_dir=params.pop("data_dir"))
+    params["path"] = params["path"] or layout.tls_path(layout.service_key)
+    tree = None
+    staging_dir = params.pop("staging_dir")
+    if staging_dir:
+        if params["distribution"] not in RANCHER_DISTRIBUTIONS:
+            module.fail_json(msg="staging_dir is a rotate-ca staging tree (k3s, rke2); give dest for %s"
+                             % params["distribution"])
+        tree = staging_tree(staging_dir)
+        params["dest"] = tree.file(layout.service_key)
+    plan = run_engine(module, plan_service_key_rotation, ServiceKeyRequest(**params))
     result = plan_report(plan)
+    if tree is not None:
+        result["staging_tree"] = tree.as_dict()
     if plan.changed and not module.check_mode:
         backup = run_engine(module, apply_service_key_plan, plan)
         if backup:

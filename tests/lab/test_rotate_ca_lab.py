@@ -16,7 +16,9 @@ are functions of the lab (its program picks unit names, paths and kubectl), shar
 A ``TestK3sCrossSign``   k3s 3 servers + 2 agents, default CAs: check mode, a service-account token, cross_sign under
                          the probe, tokens, leaves, rerun, service-key rotation, a failing health gate on server2.
 B ``TestRke2CrossSign``  RKE2 3 + 2 (-e kubepki_distribution=rke2): the same steps, and rollback.yml between the
-                         service-key rotation and the failing gate (last: it leaves the cluster half-rotated).
+                         service-key rotation and the failing gate (last: it leaves the cluster half-rotated), then a
+                         rotation and its rollback with ca_rotation_backup_dir overridden (and a refused rollback
+                         without it).
 C ``TestK3sCustomCA``    k3s 3 + 1 on a custom root + intermediate (kubepki.certs.ca_chain before the first start):
                          D first (a new_root set is refused before any node is touched), then a renew that keeps
                          the token and the intermediate and root.
@@ -747,6 +749,57 @@ def step_rollback(lab, work_dir):
     assert lab.service_pids() == pids, "the second rollback restarted a service"
 
 
+def step_rollback_with_overridden_backup_dir(lab):
+    """ca_rotation_backup_dir set to a non-default dir for a new rotation and for its rollback. The rotation backs up
+    every node's tls dir (servers) and token locations there, none into the default dir; a rollback that is not told
+    the dir fails naming the missing backup tree and changes nothing; with the dir it restores the CAs AND the tokens."""
+    override = "/var/lib/kubepki/backup-override"
+    default = "/var/lib/kubepki/backup"
+    server1 = lab.servers[0]
+    before_bundles, before_tokens, before_bytes = lab.ca_bundles(server1), lab.tokens(), lab.token_bytes()
+    before_hash = lab.hash_ca(lab.tls(server1, "server-ca.crt"))
+
+    def listing(host, path):
+        full = lab.path(host, path)
+        return sorted(os.listdir(full)) if os.path.isdir(full) else []
+
+    default_trees = {h: listing(h, default) for h in lab.hosts}
+    rc, output = lab.playbook(ROTATE_CA, "-e", "ca_rotation_backup_dir=%s" % override,
+                              "-e", "ca_rotation_staging_dir=/var/lib/kubepki/rotate-ca-override")
+    assert rc == 0, "rotate-ca.yml with ca_rotation_backup_dir=%s failed (rc %d):\n%s" % (override, rc, output[-6000:])
+    assert lab.ca_bundles(server1) != before_bundles, "the rotation did not change the CAs"
+    assert lab.tokens() != before_tokens, "the rotation did not change the tokens"
+    ids = listing(server1, override)
+    assert len(ids) == 1, "want one backup tree in %s on %s: %s" % (override, server1, ids)
+    tree = "%s/%s" % (override, ids[0])
+    assert {h: listing(h, default) for h in lab.hosts} == default_trees, "backups went to the default dir too"
+    # every token location's pre-rotation bytes are in the tree, at its absolute path, on its own node
+    for (host, location), data in sorted(before_bytes.items()):
+        copy = lab.path(host, tree + location)
+        assert os.path.isfile(copy), "%s: no copy of %s in %s" % (host, location, tree)
+        with open(copy, "rb") as handle:
+            assert handle.read() == data, "%s: the copy of %s is not its pre-rotation content" % (host, location)
+
+    rotated_files = lab.file_hashes(prefixes=("/etc/rancher/", "/var/lib/rancher/"))
+    pids = lab.service_pids()
+    rc, output = lab.playbook("rollback.yml", "-e", "kubepki_rollback_id=%s" % ids[0])
+    assert rc != 0, "rollback.yml without the backup dir succeeded:\n%s" % output[-6000:]
+    assert "no backup tree %s/%s" % (default, ids[0]) in output, "the failure does not name the missing tree:\n%s" % output[-6000:]
+    after = lab.file_hashes(prefixes=("/etc/rancher/", "/var/lib/rancher/"))
+    changed = sorted(k for k in set(rotated_files) | set(after) if rotated_files.get(k) != after.get(k))
+    assert not changed, "the refused rollback changed files: %s" % changed
+    assert lab.service_pids() == pids, "the refused rollback restarted a service"
+
+    rc, output = lab.playbook("rollback.yml", "-e", "kubepki_rollback_id=%s" % ids[0],
+                              "-e", "ca_rotation_backup_dir=%s" % override)
+    assert rc == 0, "rollback.yml with ca_rotation_backup_dir=%s failed (rc %d):\n%s" % (override, rc, output[-6000:])
+    for host in lab.servers:
+        assert lab.ca_bundles(host) == before_bundles, "%s: not back on the CA bundles from before the rotation" % host
+    assert lab.tokens() == before_tokens, "join tokens not restored"
+    assert lab.hash_ca(lab.tls(server1, "server-ca.crt")) == before_hash
+    assert_agents_on_new_bundle(lab)  # every node's agent/ copy equals the servers' (restored) bundles
+
+
 def cross_sign_lab(work_dir, name, subnet, program):
     """Class fixture body: a 3 + 2 cluster on the default CAs; server3 keeps the full K10 join token in its config (as
     joined with a server's node-token) instead of the bare password: a server token location the rotation must
@@ -840,7 +893,10 @@ class TestRke2CrossSign:
     def test_08_rollback_restores_the_original_cas_and_tokens(self, rke2_lab, work_dir):
         step_rollback(rke2_lab, work_dir)
 
-    def test_09_failing_gate_on_server2_leaves_the_rest_untouched(self, rke2_lab):
+    def test_09_rollback_with_an_overridden_backup_dir(self, rke2_lab):
+        step_rollback_with_overridden_backup_dir(rke2_lab)
+
+    def test_10_failing_gate_on_server2_leaves_the_rest_untouched(self, rke2_lab):
         step_failing_gate_on_server2(rke2_lab)
 
 

@@ -130,34 +130,6 @@ def file_mode(path: str) -> int | None:
         return None
 
 
-def plan_backup(paths, dest_root: str) -> list:
-    """(source file, backup file) pairs for every file under ``paths`` (symlinks resolved), under ``dest_root``
-    at the source's absolute path. Missing paths are skipped."""
-    pairs = []
-    for path in paths:
-        real = os.path.realpath(path)
-        if os.path.isdir(real):
-            for base, dirs, files in os.walk(real):
-                dirs.sort()
-                for name in sorted(files):
-                    source = os.path.join(base, name)
-                    pairs.append((source, dest_root + source))
-        elif os.path.isfile(real):
-            pairs.append((real, dest_root + os.path.abspath(path)))
-    return pairs
-
-
-def pending_backup(pairs) -> list:
-    """(target, data, mode) for each pair whose backup copy is missing or differs; each source is read once."""
-    pending = []
-    for source, target in pairs:
-        with open(source, "rb") as handle:
-            data = handle.read()
-        if read_if_exists(target) != data:
-            pending.append((target, data, stat.S_IMODE(os.stat(source).st_mode)))
-    return pending
-
-
 def write_backup(pending) -> None:
     """Write the copies: directories 0700, files keep their source's mode (private keys stay 0600), atomically."""
     for target, data, mode in pending:

@@ -49,6 +49,13 @@ from ansible_collections.kubepki.certs.plugins.module_utils._pki.service_keys im
     ServiceKeyRequest,
     plan_service_key_rotation,
 )
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.trees import (
+    StagingTree,
+    backup_tree,
+    check_staging_tree,
+    staging_tree,
+    staging_tree_of_data_dir,
+)
 
 MODES = ("cross_sign", "renew", "new_root")
 # cross_sign bundle order after the new CA: upstream's (new self-signed root, then its cross-signed twin), or the
@@ -61,8 +68,11 @@ SERVICE_KEY_ACTIONS = ("rotate", "keep")
 @dataclass
 class RotationRequest:
     current_path: str
-    staging_path: str
+    staging_path: str | None      # the rotate-ca --path, named directly; or
     distribution: str
+    staging_dir: str | None = None  # the staging tree's root (trees.py spells the rest)
+    backup_dir: str | None = None   # reported as the backup tree <backup_dir>/<rotation id>
+    rotation_id: str | None = None  # names the backup tree instead of the id derived from the new server CA
     mode: str = "cross_sign"
     service_key: str = "rotate"
     service_key_keep: int | None = None
@@ -107,6 +117,11 @@ class RotationPlan:
     already_loaded: bool
     server_bundle: bytes = b""            # the server-ca.crt every server serves once it runs on this set
     warnings: list = field(default_factory=list)
+    tree: StagingTree | None = None
+
+    @property
+    def staging(self) -> StagingTree:
+        return self.tree or request_tree(self.request)
 
     @property
     def changed(self) -> bool:
@@ -114,18 +129,15 @@ class RotationPlan:
 
     @property
     def disruptive(self) -> bool:
-        return self.request.mode == "new_root"
+        """The set breaks trust for holders of the current CAs; rotate-ca loads it only with --force."""
+        return self.request.mode in ("new_root", "restore")
 
 
-def check_staging_path(current_path: str, staging_path: str) -> str:
-    """The staging tls dir; refuse one that is, contains or lies inside the live tls dir."""
-    live = os.path.realpath(current_path)
-    staged = os.path.realpath(os.path.join(staging_path, "tls"))
-    if staged == live or staged.startswith(live + os.sep) or live.startswith(staged + os.sep):
-        raise InvalidInputError("staging_path %s: its tls/ (%s) is, contains or lies inside the live tls directory "
-                                "%s; stage outside it (k3s reconciles that directory from its datastore)"
-                                % (staging_path, staged, live), path=staging_path)
-    return staged
+def request_tree(request: RotationRequest) -> StagingTree:
+    """The staging tree of a request: its ``staging_dir``, else the tree around its rotate-ca ``staging_path``."""
+    if bool(request.staging_dir) == bool(request.staging_path):
+        raise InvalidInputError("give exactly one of staging_dir (the staging tree) and staging_path (rotate-ca's --path)")
+    return staging_tree(request.staging_dir) if request.staging_dir else staging_tree_of_data_dir(request.staging_path)
 
 
 def _read_current_ca(current_path: str, entry):
@@ -293,7 +305,8 @@ def plan_rotation(request: RotationRequest, *, now: datetime.datetime | None = N
         raise InvalidInputError("service_key must be one of %s" % ", ".join(SERVICE_KEY_ACTIONS))
     now = (now or certs_mod.utcnow()).replace(microsecond=0)
     layout = get_layout(request.distribution)
-    staging_tls = check_staging_path(request.current_path, request.staging_path)
+    tree = request_tree(request)
+    staging_tls = check_staging_tree(request.current_path, tree)
     prefix = request.cn_prefix or layout.program
     current = {entry.name: _read_current_ca(request.current_path, entry) for entry in layout.cas}
     token_before = hash_ca(current["server-ca"][1], at=now)
@@ -349,7 +362,7 @@ def plan_rotation(request: RotationRequest, *, now: datetime.datetime | None = N
     new_server = next((c.bundle for c in cas if c.name == "server-ca"), current["server-ca"][1])
     token_after = hash_ca(new_server, at=now)
     return RotationPlan(request, staging_tls, files, cas, token_before, token_after, already_loaded, new_server,
-                        warnings)
+                        warnings, tree)
 
 
 def _plan_new_root(request: RotationRequest, staging_tls: str, stage, cas: list, current: dict, layout) -> None:
@@ -393,9 +406,8 @@ def apply_rotation(plan: RotationPlan) -> None:
     pending = [f for f in plan.files if f.state != "unchanged"]
     if not pending:
         return
-    check_writable_dir(plan.request.staging_path)
-    ensure_dir(plan.request.staging_path, mode=PRIVATE_DIR_MODE)
-    ensure_dir(plan.staging_tls, mode=PRIVATE_DIR_MODE)
+    check_writable_dir(plan.staging.data_dir)
+    ensure_dir(plan.staging_tls, mode=PRIVATE_DIR_MODE)  # every missing level of the tree 0700
     for staged in sorted(pending, key=lambda f: (f.mode != PRIVATE_FILE_MODE, f.relative)):
         path = os.path.join(plan.staging_tls, staged.relative)
         ensure_dir(os.path.dirname(path), mode=PRIVATE_DIR_MODE)
@@ -404,7 +416,10 @@ def apply_rotation(plan: RotationPlan) -> None:
 
 def rotation_id(plan: RotationPlan) -> str:
     """Stable name of this rotation: the new server CA's notBefore (backdated a few minutes like every CA we
-    make). A resumed run (staged, or loaded and running) gets the same id, so its backups land in one place."""
+    make). A resumed run (staged, or loaded and running) gets the same id, so its backups land in one place.
+    A request that names its id (a restore) keeps it."""
+    if plan.request.rotation_id:
+        return plan.request.rotation_id
     server = next((c for c in plan.cas if c.name == "server-ca"), None)
     if server is None:
         return "unknown"
@@ -414,9 +429,12 @@ def rotation_id(plan: RotationPlan) -> str:
 def plan_report(plan: RotationPlan) -> dict:
     """Plain data: what changes, whether it is disruptive, which nodes need a new token. No key material."""
     token_changes = plan.token_hash_before != plan.token_hash_after
+    identifier = rotation_id(plan)
     return {
         "mode": plan.request.mode,
         "staging_tls": plan.staging_tls,
+        "staging_tree": plan.staging.as_dict(),
+        "backup_tree": backup_tree(plan.request.backup_dir, identifier).root if plan.request.backup_dir else None,
         "already_loaded": plan.already_loaded,
         "disruptive": plan.disruptive,
         "requires_force": plan.disruptive,
@@ -424,7 +442,7 @@ def plan_report(plan: RotationPlan) -> dict:
         "token_ca_hash_before": plan.token_hash_before,
         "token_changes": token_changes,
         "server_ca_sha256": hashlib.sha256(plan.server_bundle).hexdigest(),
-        "rotation_id": rotation_id(plan),
+        "rotation_id": identifier,
         "nodes_needing_new_token": "all nodes holding a token (servers and agents)" if token_changes else "none",
         "cas": [{
             "name": c.name,

@@ -19,6 +19,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.errors import InvalidInputError
+
 STAGING_DATA_SUBDIR = "server"
 STAGING_TLS_SUBDIR = "tls"
 STATE_FILE = "state.json"
@@ -26,14 +28,17 @@ STATE_FILE = "state.json"
 
 @dataclass(frozen=True)
 class StagingTree:
-    """Paths of one staging tree (nothing is created here)."""
+    """Paths of one staging tree (nothing is created here).
+
+    ``given_data_dir`` keeps a rotate-ca ``--path`` a caller named directly (any name), so it is not re-derived."""
 
     root: str
+    given_data_dir: str = ""
 
     @property
     def data_dir(self) -> str:
         """What ``certificate rotate-ca --path`` takes."""
-        return os.path.join(self.root, STAGING_DATA_SUBDIR)
+        return self.given_data_dir or os.path.join(self.root, STAGING_DATA_SUBDIR)
 
     @property
     def tls_dir(self) -> str:
@@ -56,8 +61,25 @@ def staging_tree(staging_dir: str) -> StagingTree:
 
 
 def staging_tree_of_data_dir(data_dir: str) -> StagingTree:
-    """The tree whose ``data_dir`` (the rotate-ca ``--path``) is ``data_dir``."""
-    return StagingTree(os.path.dirname(os.path.normpath(data_dir)))
+    """The tree whose ``data_dir`` (the rotate-ca ``--path``) is ``data_dir``, whatever its name."""
+    data_dir = os.path.normpath(data_dir)
+    return StagingTree(os.path.dirname(data_dir), data_dir)
+
+
+def check_staging_tree(current_path: str, tree: StagingTree) -> str:
+    """The tree's tls dir; refuse one that is, contains or lies inside the live tls dir ``current_path``."""
+    live = os.path.realpath(current_path)
+    staged = os.path.realpath(tree.tls_dir)
+    if staged == live or staged.startswith(live + os.sep) or live.startswith(staged + os.sep):
+        raise InvalidInputError("staging directory %s: its tls dir (%s) is, contains or lies inside the live tls "
+                                "directory %s; stage outside it (k3s reconciles that directory from its datastore)"
+                                % (tree.data_dir, staged, live), path=tree.data_dir)
+    return tree.tls_dir
+
+
+def check_staging_path(current_path: str, staging_path: str) -> str:
+    """:func:`check_staging_tree` for a rotate-ca ``--path`` (``staging_path``) named directly."""
+    return check_staging_tree(current_path, staging_tree_of_data_dir(staging_path))
 
 
 @dataclass(frozen=True)
@@ -74,7 +96,7 @@ class BackupTree:
         """The live file a copy in this tree stands for."""
         relative = os.path.relpath(copy_path, self.root)
         if relative.startswith(".."):
-            raise ValueError("%s is not inside the backup tree %s" % (copy_path, self.root))
+            raise InvalidInputError("%s is not inside the backup tree %s" % (copy_path, self.root), path=copy_path)
         return "/" + relative
 
 
@@ -83,6 +105,6 @@ def backup_tree(backup_dir: str, rotation_id: str = "") -> BackupTree:
     root = os.path.normpath(backup_dir)
     if rotation_id:
         if "/" in rotation_id or rotation_id in (".", ".."):
-            raise ValueError("rotation id %r is not a single path component" % rotation_id)
+            raise InvalidInputError("rotation id %r is not a single path component" % rotation_id)
         root = os.path.join(root, rotation_id)
     return BackupTree(root)

@@ -22,7 +22,7 @@ from ansible_collections.kubepki.certs.plugins.module_utils._pki.chain import bu
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.errors import InvalidInputError
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.files import read_bytes, read_if_exists
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.layout import RANCHER_DISTRIBUTIONS, get_layout
-from ansible_collections.kubepki.certs.plugins.module_utils._pki.rotation import check_staging_path
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.trees import check_staging_path
 
 # Which EKU a relying party asks for when it checks a leaf of each CA.
 CA_USAGE = {"server-ca": "serverAuth", "client-ca": "clientAuth", "request-header-ca": "clientAuth",
