@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 from ansible_collections.kubepki.certs.plugins.module_utils._pki import keys as keys_mod
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.diffs import pending_writes_diff
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.errors import InvalidInputError
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.files import (
     PRIVATE_DIR_MODE,
@@ -197,3 +198,11 @@ def plan_report(plan: ServiceKeyPlan) -> dict:
         "key_count": 1 + len(plan.kept_fingerprints),
         "dropped_key_count": plan.dropped_count,
     }
+
+
+def plan_diff(plan: ServiceKeyPlan) -> dict:
+    """The Ansible diff of the files to write, judged by the disk, so call it before apply_service_key_plan: the new
+    signing key and the kept ones by fingerprint, never key material."""
+    keys = "signing key %s; kept: %s" % (plan.signing_key_fingerprint, ", ".join(plan.kept_fingerprints) or "none")
+    paths = [path for path, _content, _mode in plan.writes]
+    return pending_writes_diff(plan.request.dest, paths, detail={path: keys for path in paths})
