@@ -84,8 +84,8 @@ _value:
           elements: dict
     summary_lines:
       description:
-        - First C(<total> certificate(s) on <hosts> host(s)) with the counts per status, then one line per soonest
-          expiry (C(<host> <path>[#<kubeconfig entry>]: <status>, <days> days left, not after <date>)).
+        - 'First a line with the number of entries and hosts and the counts per status, then one line per soonest
+          expiry: C(<host> <path>[#<kubeconfig entry>]: <status>, <days> days left, not after <date>).'
       type: list
       elements: str
 """

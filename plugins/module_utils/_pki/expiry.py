@@ -39,6 +39,7 @@ from ansible_collections.kubepki.certs.plugins.module_utils._pki.expiry_examinat
 )
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.expiry_report import sort_entries, summarize
 
+
 def _examine_kubeconfigs(files: ExpiryFiles, *, use_yaml: bool) -> tuple:
     """``(subjects, reports)`` of every kubeconfig; the certificate files they reference join ``files``."""
     subjects, reports = [], []

@@ -90,7 +90,6 @@ def validity_status(certificate, *, now: datetime.datetime, warn_days: int) -> t
     return STATUS_OK, None, left
 
 
-
 @dataclass
 class Subject:
     """One certificate source: a file, or an embedded value of a kubeconfig."""

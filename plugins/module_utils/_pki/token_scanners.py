@@ -52,7 +52,6 @@ class Occurrence:
     raw_prefix: int = 0        # number of leading raw characters equal to the decoded value's
 
 
-
 CONFIG_TOKEN_KEYS = {"token": "token", "agent-token": "agent-token"}
 CONFIG_FILE_KEYS = {"token-file": "token", "agent-token-file": "agent-token"}
 _CONFIG_KEY = re.compile(r"""^(?P<q>["']?)(?P<name>[A-Za-z0-9_.+-]+)(?P=q)[ \t]*:(?=[ \t]|$)""")

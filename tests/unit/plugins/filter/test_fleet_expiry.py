@@ -40,11 +40,12 @@ RESULTS = {
 }
 
 
-def fleet(results=RESULTS, **options):
+def fleet(*results, **options):
+    """The filter on ``results`` (RESULTS when not given), warn 30 and fail 7 days unless given."""
     check = fleet_expiry.FilterModule().filters()["fleet_expiry"]
     options.setdefault("warn_days", 30)
     options.setdefault("fail_days", 7)
-    return check(results, **options)
+    return check(results[0] if results else RESULTS, **options)
 
 
 def test_registered_name():

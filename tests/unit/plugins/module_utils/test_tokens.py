@@ -533,7 +533,7 @@ def test_backup_root_copies_changed_files_at_their_real_path(tmp_path):
     no_token.write_text("node-label: [a=b]\n")
     root = tmp_path / "backup" / "20261122T120000Z"
     plan = token_plan.plan_join_tokens(new_hash=NEW, config_files=[str(config), str(unchanged), str(no_token)],
-                                   token_files=[str(link)])
+                                       token_files=[str(link)])
     assert [f.changed for f in plan.files] == [True, False, False, True]
 
     backups = token_plan.apply_token_plan(plan, backup_root=str(root) + "/", backup_suffix="20260101T000000Z")
