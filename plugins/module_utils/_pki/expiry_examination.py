@@ -311,6 +311,14 @@ def _resolve(reference: str, *, base: str) -> str:
     return os.path.normpath(reference)
 
 
+def _named(items: list, kind: str, *, names: list):
+    """``(item, "<kind>/<name>")`` for each cluster or user of a kubeconfig; each name is added to ``names``."""
+    for item in items:
+        name = item.get("name") or "(unnamed)"
+        names.append(name)
+        yield item, "%s/%s" % (kind, name)
+
+
 def _embedded_subject(path: str, label: str, item: dict, key: str) -> Subject:
     """The certificates embedded as ``key`` (base64 PEM) in a cluster or user ``item`` of a kubeconfig."""
     subject = Subject(path=path, source=SOURCE_KUBECONFIG, kubeconfig_entry=label)
@@ -341,10 +349,7 @@ def examine_kubeconfig(path: str, *, use_yaml: bool = True) -> tuple:
         report["error"] = exc.message
         return [Subject(path=path, source=SOURCE_KUBECONFIG, error=exc.message)], report, references
     cluster_cas = []
-    for cluster in config["clusters"]:
-        name = cluster.get("name") or "(unnamed)"
-        report["clusters"].append(name)
-        label = "cluster/%s" % name
+    for cluster, label in _named(config["clusters"], "cluster", names=report["clusters"]):
         if cluster.get("certificate-authority-data"):
             report["embedded"] = True
             subject = _embedded_subject(path, label, cluster, "certificate-authority-data")
@@ -355,10 +360,7 @@ def examine_kubeconfig(path: str, *, use_yaml: bool = True) -> tuple:
             ca_file = _resolve(cluster["certificate-authority"], base=path)
             report["referenced_files"].append(ca_file)
             references.append((ca_file, None))
-    for user in config["users"]:
-        name = user.get("name") or "(unnamed)"
-        report["users"].append(name)
-        label = "user/%s" % name
+    for user, label in _named(config["users"], "user", names=report["users"]):
         if user.get("client-certificate-data"):
             report["embedded"] = True
             subject = _embedded_subject(path, label, user, "client-certificate-data")

@@ -118,6 +118,7 @@ def _yaml_double_quoted(content: str, start: int, *, path: str, line: int, key: 
 
 
 def _yaml_single_quoted(content: str, start: int, *, path: str, line: int, key: str):
+    """Decode a YAML single-quoted scalar starting at ``content[start] == "'"``; return (value, end)."""
     out = []
     index = start + 1
     while index < len(content):
