@@ -118,20 +118,21 @@ def _yaml_double_quoted(content: str, start: int, *, path: str, line: int, key: 
 
 
 def _yaml_single_quoted(content: str, start: int, *, path: str, line: int, key: str):
-    """Decode a YAML single-quoted scalar starting at ``content[start] == "'"``; return (value, end)."""
-    out = []
+    """Decode a YAML single-quoted scalar starting at ``content[start] == "'"``; return (value, end).
+
+    The only escape is a doubled quote (``''`` stands for one ``'``).
+    """
+    pieces = []
     index = start + 1
-    while index < len(content):
-        char = content[index]
-        if char == "'":
-            if content[index + 1:index + 2] == "'":
-                out.append("'")
-                index += 2
-                continue
-            return "".join(out), index + 1
-        out.append(char)
-        index += 1
-    raise _unsupported(path, line, key, "is a single-quoted value continued on the next line")
+    while True:
+        close = content.find("'", index)
+        if close < 0:
+            raise _unsupported(path, line, key, "is a single-quoted value continued on the next line")
+        pieces.append(content[index:close])
+        if content[close + 1:close + 2] != "'":
+            return "".join(pieces), close + 1
+        pieces.append("'")
+        index = close + 2
 
 
 def _continues(lines: list, position: int) -> bool:
