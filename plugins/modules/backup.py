@@ -23,11 +23,15 @@ author:
   - kubepki.certs developers (@kubepki)
 extends_documentation_fragment:
   - kubepki.certs._attributes
+  - kubepki.certs._file_writes
 attributes:
   check_mode:
     support: full
   diff_mode:
-    support: none
+    support: full
+    details:
+      - The diff names each copy (or, for O(state=restored), each live file) that would be created or updated,
+        never its content.
 options:
   state:
     description: Back up (C(present)) or restore (C(restored)).
@@ -106,9 +110,11 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.backups import (
     apply_restore,
+    backup_diff,
     pending_backup,
     plan_backup,
     plan_restore,
+    restore_diff,
 )
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.files import PRIVATE_DIR_MODE, ensure_dir, write_backup
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.module_edge import run_engine
@@ -135,18 +141,20 @@ def main():
     if params["state"] == "restored":
         items, not_in_backup = run_engine(module, plan_restore, paths, tree)
         pending = [item for item in items if item.state != "unchanged"]
+        diff = {"diff": restore_diff(tree, items)} if module._diff and pending else {}
         if pending and not module.check_mode:
             run_engine(module, apply_restore, pending)
         module.exit_json(changed=bool(pending), dest=tree.root, files=len(items), copied=len(pending), missing=[],
-                         restored=[item.as_dict() for item in items], not_in_backup=not_in_backup)
+                         restored=[item.as_dict() for item in items], not_in_backup=not_in_backup, **diff)
     missing = [path for path in paths if not os.path.exists(path)]
     pairs = plan_backup(paths, tree)
     pending = run_engine(module, pending_backup, pairs)
+    diff = {"diff": backup_diff(tree, pending)} if module._diff and pending else {}
     if pending and not module.check_mode:
         run_engine(module, ensure_dir, tree.root, mode=PRIVATE_DIR_MODE)  # the tree is private, whatever sits below
         run_engine(module, write_backup, pending)
     module.exit_json(changed=bool(pending), dest=tree.root, files=len(pairs), copied=len(pending), missing=missing,
-                     restored=[], not_in_backup=[])
+                     restored=[], not_in_backup=[], **diff)
 
 
 if __name__ == "__main__":

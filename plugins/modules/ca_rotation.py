@@ -37,6 +37,8 @@ author:
 extends_documentation_fragment:
   - kubepki.certs._attributes
   - kubepki.certs._cryptography_dep
+  - kubepki.certs._file_writes
+  - kubepki.certs._file_writes.private_keys
 attributes:
   check_mode:
     support: full
@@ -271,6 +273,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.ca_restore import plan_ca_restore
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.keys import KEY_FORMATS, KEY_TYPES
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.layout import ROTATE_CA_DISTRIBUTIONS
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.module_edge import require_cryptography, run_engine
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.rotation import (
     BUNDLE_ORDERS,
@@ -278,6 +281,7 @@ from ansible_collections.kubepki.certs.plugins.module_utils._pki.rotation import
     SERVICE_KEY_ACTIONS,
     RotationRequest,
     apply_rotation,
+    plan_diff,
     plan_report,
     plan_rotation,
 )
@@ -291,7 +295,7 @@ def main():
             staging_path=dict(type="path"),
             backup_dir=dict(type="path"),
             rotation_id=dict(type="str"),
-            distribution=dict(type="str", required=True, choices=["k3s", "rke2"]),
+            distribution=dict(type="str", required=True, choices=list(ROTATE_CA_DISTRIBUTIONS)),
             mode=dict(type="str", default="cross_sign", choices=list(MODES) + ["restore"]),
             service_key=dict(type="str", default="rotate", choices=list(SERVICE_KEY_ACTIONS), no_log=False),
             service_key_keep=dict(type="int", no_log=False),
@@ -319,9 +323,7 @@ def main():
         run_engine(module, apply_rotation, plan)
     result = plan_report(plan)
     if module._diff and plan.changed:
-        lines = ["%s: %s\n" % (f["path"], f["state"]) for f in result["files"] if f["state"] != "unchanged"]
-        result["diff"] = {"before_header": plan.staging_tls, "after_header": plan.staging_tls, "before": "",
-                          "after": "".join(lines)}
+        result["diff"] = plan_diff(plan)
     module.exit_json(changed=plan.changed, **result)
 
 

@@ -24,6 +24,8 @@ author:
 extends_documentation_fragment:
   - kubepki.certs._attributes
   - kubepki.certs._cryptography_dep
+  - kubepki.certs._file_writes
+  - kubepki.certs._file_writes.private_keys
 attributes:
   check_mode:
     support: full
@@ -143,11 +145,16 @@ backup_file:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.keys import KEY_FORMATS, KEY_TYPES
-from ansible_collections.kubepki.certs.plugins.module_utils._pki.layout import RANCHER_DISTRIBUTIONS, get_layout
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.layout import (
+    ROTATE_CA_DISTRIBUTIONS,
+    SERVICE_KEY_DISTRIBUTIONS,
+    get_layout,
+)
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.module_edge import require_cryptography, run_engine
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.service_keys import (
     ServiceKeyRequest,
     apply_service_key_plan,
+    plan_diff,
     plan_report,
     plan_service_key_rotation,
 )
@@ -161,7 +168,7 @@ def main():
             data_dir=dict(type="path"),
             dest=dict(type="path"),
             staging_dir=dict(type="path"),
-            distribution=dict(type="str", required=True, choices=["k3s", "rke2", "kubeadm"]),
+            distribution=dict(type="str", required=True, choices=list(SERVICE_KEY_DISTRIBUTIONS)),
             keep=dict(type="int", no_log=False),
             key_type=dict(type="str", default="rsa-2048", choices=list(KEY_TYPES), no_log=False),
             key_format=dict(type="str", default="traditional", choices=list(KEY_FORMATS), no_log=False),
@@ -178,27 +185,21 @@ def main():
     tree = None
     staging_dir = params.pop("staging_dir")
     if staging_dir:
-        if params["distribution"] not in RANCHER_DISTRIBUTIONS:
-            module.fail_json(msg="staging_dir is a rotate-ca staging tree (k3s, rke2); give dest for %s"
-                             % params["distribution"])
+        if params["distribution"] not in ROTATE_CA_DISTRIBUTIONS:
+            module.fail_json(msg="staging_dir is a rotate-ca staging tree (%s); give dest for %s"
+                             % (", ".join(ROTATE_CA_DISTRIBUTIONS), params["distribution"]))
         tree = staging_tree(staging_dir)
         params["dest"] = tree.file(layout.service_key)
     plan = run_engine(module, plan_service_key_rotation, ServiceKeyRequest(**params))
     result = plan_report(plan)
     if tree is not None:
         result["staging_tree"] = tree.as_dict()
+    if module._diff and plan.changed:
+        result["diff"] = plan_diff(plan)  # before writing: it reads what the disk holds now
     if plan.changed and not module.check_mode:
         backup = run_engine(module, apply_service_key_plan, plan)
         if backup:
             result["backup_file"] = backup
-    if module._diff and plan.changed:
-        result["diff"] = {
-            "before_header": plan.request.dest,
-            "after_header": plan.request.dest,
-            "before": "",
-            "after": "signing key %s\nkept keys:\n%s" % (
-                plan.signing_key_fingerprint, "".join("  %s\n" % f for f in plan.kept_fingerprints)),
-        }
     module.exit_json(changed=plan.changed, **result)
 
 

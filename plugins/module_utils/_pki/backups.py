@@ -16,6 +16,7 @@ import os
 import stat
 from dataclasses import dataclass
 
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.diffs import pending_writes_diff
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.errors import InvalidInputError, WriteError
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.files import atomic_write, read_if_exists
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.trees import BackupTree
@@ -88,3 +89,15 @@ def apply_restore(items) -> None:
         if read_if_exists(item.path) != item.data:
             raise WriteError("%s does not equal its backup copy %s after the restore" % (item.path, item.copy),
                              path=item.path)
+
+
+def backup_diff(tree: BackupTree, pending) -> dict:
+    """The Ansible diff of the copies ``pending_backup`` chose (call it before writing them), never their content."""
+    return pending_writes_diff(tree.root, [target for target, _data, _mode in pending])
+
+
+def restore_diff(tree: BackupTree, items) -> dict:
+    """The Ansible diff of the live files a restore writes (call it before apply_restore), never their content."""
+    pending = [item for item in items if item.state != "unchanged"]
+    return pending_writes_diff(tree.root, [item.path for item in pending],
+                               detail={item.path: "from %s" % item.copy for item in pending})

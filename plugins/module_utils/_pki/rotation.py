@@ -27,6 +27,7 @@ from ansible_collections.kubepki.certs.plugins.module_utils._pki import certs as
 from ansible_collections.kubepki.certs.plugins.module_utils._pki import keys as keys_mod
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.ca_set import CASetRequest, plan_ca_set
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.chain import build_chains, hash_ca
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.diffs import file_states_diff
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.errors import (
     ChainError,
     InvalidInputError,
@@ -456,3 +457,9 @@ def plan_report(plan: RotationPlan) -> dict:
         "files": [{"path": os.path.join(plan.staging_tls, f.relative), "state": f.state, "mode": "%04o" % f.mode}
                   for f in plan.files],
     }
+
+
+def plan_diff(plan: RotationPlan) -> dict:
+    """The Ansible diff: each staged file created or updated, never its content."""
+    return file_states_diff(plan.staging_tls, ((os.path.join(plan.staging_tls, f.relative), f.state)
+                                               for f in plan.files))
