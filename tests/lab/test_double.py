@@ -45,17 +45,10 @@ extendedKeyUsage = clientAuth
 MISSING = [tool for tool in ("etcd", "etcdctl", "openssl") if shutil.which(tool) is None]
 
 
-def _node_python_ok():
-    if not os.access(PYTHON, os.X_OK):
-        return False
-    probe = subprocess.run([PYTHON, "-c", "import cryptography, yaml"], check=False, capture_output=True, timeout=60)
-    return probe.returncode == 0
-
-
 @pytest.fixture(autouse=True, scope="module")
-def _tools_installed():
-    """scripts/bootstrap.sh installs these; a missing one fails the tests, naming the package."""
-    assert _node_python_ok(), "needs Debian's /usr/bin/python3 with python3-cryptography and python3-yaml (scripts/bootstrap.sh)"
+def _tools_installed(double_python):
+    """scripts/bootstrap.sh installs these; a missing one fails the tests, naming the package (double_python: conftest.py)."""
+    assert double_python == PYTHON
     assert not MISSING, "needs %s (Debian etcd-server, etcd-client, openssl; scripts/bootstrap.sh)" % ", ".join(MISSING)
 
 

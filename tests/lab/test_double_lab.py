@@ -3,9 +3,9 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """The k3s double on the multi-node lab: real SSH hosts in network namespaces, driven by Ansible.
 
-Needs root, openssh-server and the harness tests/lab/kubepki_lab.py; skipped otherwise. Installs the
-double into /usr/local/bin + /etc/init.d on the (shared) root filesystem (idempotent; left in place
-because other labs on this machine use the same installed double). ``ansible.builtin.service`` starts,
+Needs root, openssh-server, etcd and the harness tests/lab/kubepki_lab.py (conftest.py's shared fixtures: a
+missing one fails the test). The double is installed into /usr/local/bin + /etc/init.d on the (shared) root
+filesystem (idempotent; left in place because other labs on this machine use the same installed double). ``ansible.builtin.service`` starts,
 restarts and fails the services through the init scripts.
 """
 
@@ -19,26 +19,7 @@ import tempfile
 
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-DOUBLE = os.path.join(HERE, "double", "k3s_double.py")
 ANSIBLE = shutil.which("ansible") or os.path.join(os.path.dirname(sys.executable), "ansible")
-
-try:
-    sys.path.insert(0, HERE)
-    import kubepki_lab  # pylint: disable=import-error
-except ImportError:  # pragma: no cover
-    kubepki_lab = None
-finally:
-    sys.path.remove(HERE)
-
-
-def _check_prerequisites():
-    """The lab's tools come from scripts/bootstrap.sh; a missing one fails the test, naming what to install."""
-    assert os.geteuid() == 0, "the lab needs root (network and mount namespaces)"
-    assert kubepki_lab is not None, "tests/lab/kubepki_lab.py is not importable"
-    assert os.access("/usr/sbin/sshd", os.X_OK), "needs Debian openssh-server (scripts/bootstrap.sh)"
-    assert os.access(ANSIBLE, os.X_OK), "needs ansible-core in the venv (scripts/bootstrap.sh)"
-    assert shutil.which("etcd") is not None, "needs Debian etcd-server (scripts/bootstrap.sh)"
 
 
 def ansible(state, pattern, module, args, forks=5):
@@ -66,20 +47,19 @@ def write_config(state, host, text):
 
 
 @pytest.fixture(scope="module")
-def lab_state():
-    _check_prerequisites()
+def lab_state(lab_harness, lab_prerequisites, installed_double):
+    del lab_prerequisites, installed_double
     base = tempfile.mkdtemp(prefix="kdl-", dir="/tmp")
     try:
-        state = kubepki_lab.up(base, 2, 1, name="kdbl", subnet="10.126.0.0/24", log=lambda msg: None)
-    except kubepki_lab.LabBusy as exc:
+        state = lab_harness.up(base, 2, 1, name="kdbl", subnet="10.126.0.0/24", log=lambda msg: None)
+    except lab_harness.LabBusy as exc:
         shutil.rmtree(base, ignore_errors=True)
         pytest.fail("another lab holds kdbl/10.126.0.0/24: %s" % exc)
     try:
-        subprocess.run(["/usr/bin/python3", DOUBLE, "install", "--root", "/"], check=True, capture_output=True, timeout=60)
         state["datastore"] = os.path.join(base, "datastore")
         yield state
     finally:
-        kubepki_lab.down(base, log=lambda msg: None)
+        lab_harness.down(base, log=lambda msg: None)
         shutil.rmtree(base, ignore_errors=True)
 
 

@@ -40,9 +40,9 @@ KUBECTL = "/usr/bin/kubectl"
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _tools_installed():
-    probe = subprocess.run([PYTHON, "-c", "import cryptography, yaml"], check=False, capture_output=True, timeout=60)
-    assert probe.returncode == 0, "needs Debian's /usr/bin/python3 with python3-cryptography and python3-yaml (scripts/bootstrap.sh)"
+def _tools_installed(double_python):
+    """double_python: Debian's python3 with cryptography and yaml (conftest.py)."""
+    assert double_python == PYTHON
     assert os.access(KUBECTL, os.X_OK), "needs the real kubectl at %s (Debian package kubectl)" % KUBECTL
 
 

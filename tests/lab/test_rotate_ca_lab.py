@@ -10,11 +10,13 @@ Verdicts come from tools that share no code with the collection: ``openssl verif
 under plugins/ is imported here.
 
 Scenarios (one lab each, shared by the tests of its class, torn down at the end of the class so that only one
-cluster runs at a time on the 2-core CI machine; tests of a class run in order and build on each other). The steps
+cluster runs at a time on the 2-core CI machine; tests of a class run in order and build on each other: marked
+``scenario``, see conftest.py, so that after a failure the later steps are errors naming it). The steps
 are functions of the lab (its program picks unit names, paths and kubectl), shared by the k3s and RKE2 classes:
 
 A ``TestK3sCrossSign``   k3s 3 servers + 2 agents, default CAs: check mode, a service-account token, cross_sign under
-                         the probe, tokens, leaves, rerun, service-key rotation, a failing health gate on server2.
+                         the probe, tokens, leaves, rerun, service-key rotation, rotate-certs (leaf_rotation), a
+                         failing health gate on server2.
 B ``TestRke2CrossSign``  RKE2 3 + 2 (-e kubepki_distribution=rke2): the same steps, and rollback.yml between the
                          service-key rotation and the failing gate (last: it leaves the cluster half-rotated), then a
                          rotation and its rollback with ca_rotation_backup_dir overridden (and a refused rollback
@@ -25,7 +27,7 @@ C ``TestK3sCustomCA``    k3s 3 + 1 on a custom root + intermediate (kubepki.cert
   ``TestRke2CustomCA``   the same on RKE2 3 + 1 (ca_chain distribution=rke2 in /var/lib/rancher/rke2/server/tls).
 
 Needs root, openssh-server, etcd-server, openssl and util-linux (nsenter); a missing one fails the test naming
-the Debian package. ANSIBLE_COLLECTIONS_PATH: used when it holds ansible_collections/kubepki/certs (CI: the
+the Debian package (shared fixtures in conftest.py). ANSIBLE_COLLECTIONS_PATH: used when it holds ansible_collections/kubepki/certs (CI: the
 staged collection), else a symlink tree to this checkout is made for the run (as scripts/demo.sh does).
 """
 
@@ -34,7 +36,6 @@ from __future__ import annotations
 import base64
 import glob
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -53,7 +54,6 @@ from cryptography.x509.oid import ExtensionOID
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
-DOUBLE = os.path.join(HERE, "double", "k3s_double.py")
 PROBE = os.path.join(HERE, "probe.py")
 BOOTSTRAP = os.path.join(HERE, "playbooks", "bootstrap_cluster.yml")
 ROTATE_CA = "rotate-ca.yml"
@@ -82,16 +82,6 @@ SELF_REWRITTEN = (
 RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
 
 
-def _load_lab():
-    spec = importlib.util.spec_from_file_location("kubepki_lab", os.path.join(HERE, "kubepki_lab.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-lab_harness = _load_lab()
-
-
 def _tool(name):
     path = name if os.path.isabs(name) else shutil.which(name)
     assert path and os.access(path, os.X_OK), "needs %s (Debian package %s; scripts/bootstrap.sh installs it)" % (name, TOOLS[name])
@@ -102,12 +92,6 @@ def _ansible_bin(name):
     found = shutil.which(name) or os.path.join(os.path.dirname(sys.executable), name)
     assert os.access(found, os.X_OK), "needs %s: ansible-core in the venv (scripts/bootstrap.sh)" % name
     return found
-
-
-def _check_prerequisites():
-    assert os.geteuid() == 0, "the lab needs root (network and mount namespaces)"
-    for tool in TOOLS:
-        _tool(tool)
 
 
 def run(cmd, timeout=CMD_TIMEOUT, check=True, **kwargs):
@@ -187,7 +171,8 @@ def collections_path(tmp_root):
 class Lab:
     """One running lab + cluster: paths into the hosts' private roots, commands inside a host, playbook runs."""
 
-    def __init__(self, state, program, collections, log_dir):
+    def __init__(self, state, program, collections, log_dir, harness):
+        self.harness = harness  # tests/lab/kubepki_lab.py (conftest's lab_harness)
         self.state = state
         self.base = state["base"]
         self.program = program
@@ -348,17 +333,16 @@ class Lab:
         return {name: certs_in(open(self.tls(host, rel), "rb").read()) for name, rel in CA_FILES.items()}
 
 
-def make_lab(tmp_root, name, subnet, servers, agents, program, collections):
-    _check_prerequisites()
+def make_lab(tmp_root, name, subnet, servers, agents, program, collections, harness):
     base = tempfile.mkdtemp(prefix="kpr-%s-" % name[-1], dir="/tmp")
     try:
-        state = lab_harness.up(base, servers, agents, name=name, subnet=subnet, owner_pid=os.getpid(), log=lambda msg: None)
-    except lab_harness.LabError as exc:
+        state = harness.up(base, servers, agents, name=name, subnet=subnet, owner_pid=os.getpid(), log=lambda msg: None)
+    except harness.LabError as exc:
         shutil.rmtree(base, ignore_errors=True)
         pytest.fail("lab %s/%s cannot come up: %s" % (name, subnet, exc), pytrace=False)
     log_dir = os.path.join(tmp_root, name)
     os.makedirs(log_dir, exist_ok=True)
-    return Lab(state, program, collections, log_dir)
+    return Lab(state, program, collections, log_dir, harness)
 
 
 def bootstrap(lab):
@@ -367,21 +351,11 @@ def bootstrap(lab):
     lab.wait_all_ready()
 
 
-def teardown(lab_or_base):
-    base = lab_or_base.base if isinstance(lab_or_base, Lab) else lab_or_base
+def teardown(lab):
     try:
-        lab_harness.down(base, log=lambda msg: None)
+        lab.harness.down(lab.base, log=lambda msg: None)
     finally:
-        shutil.rmtree(base, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def work_dir(tmp_path_factory):
-    """Playbook logs and probe output; the double installed on the shared root (left in place: other labs use it)."""
-    _check_prerequisites()
-    root = str(tmp_path_factory.mktemp("rotate-ca-lab"))
-    run(["/usr/bin/python3", DOUBLE, "install", "--root", "/"])
-    return root
+        shutil.rmtree(lab.base, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -724,6 +698,40 @@ def step_failing_gate_on_server2(lab):
     assert table.get(server2, {}).get("failed") == 1, table
 
 
+def step_rotate_certs(lab):
+    """rotate-certs.yml (role leaf_rotation): every service restarted; the client certificates `certificate rotate`
+    removes are re-issued (new serial) by the same CAs; the CA bundles stay; every node Ready."""
+    need(lab, "rotated")
+    server1 = lab.servers[0]
+    bundles = lab.ca_bundles(server1)
+    client_ca, etcd_ca = bundles["client-ca"][0], bundles["etcd/server-ca"][0]
+    watched = {h: {lab.rancher + "/agent/client-kubelet.crt": client_ca, lab.rancher + "/agent/client-kube-proxy.crt": client_ca}
+               for h in lab.hosts}
+    for host in lab.servers:
+        watched[host][lab.rancher + "/server/tls/client-admin.crt"] = client_ca
+        watched[host][lab.rancher + "/server/tls/etcd/client.crt"] = etcd_ca
+
+    def serials():
+        return {(h, p): certs_in(open(lab.path(h, p), "rb").read())[0].serial_number for h in watched for p in watched[h]}
+
+    before, pids = serials(), lab.service_pids()
+    rc, output = lab.playbook("rotate-certs.yml")
+    assert rc == 0, "rotate-certs.yml failed (rc %d):\n%s" % (rc, output[-6000:])
+    after = lab.service_pids()
+    assert all(after[h] != pids[h] for h in lab.hosts), "not every service was restarted: %s -> %s" % (pids, after)
+    for host in lab.servers:
+        assert lab.ca_bundles(host) == bundles, "%s: rotate-certs changed a CA bundle" % host
+    now = serials()
+    problems = ["%s:%s kept its serial" % key for key in before if now[key] == before[key]]
+    for host, paths in watched.items():
+        for path, ca in paths.items():
+            leaf = certs_in(open(lab.path(host, path), "rb").read())[0]
+            if not issued_by(leaf, ca):
+                problems.append("%s:%s is not issued by %s" % (host, path, ca.subject.rfc4514_string()))
+    assert not problems, "leaves after rotate-certs:\n" + "\n".join(problems)
+    lab.wait_all_ready(timeout=45)
+
+
 def step_rollback(lab, work_dir):
     """rollback.yml with the rotation's id: every node back on the original CAs and join tokens, leaves re-issued by
     the original CAs, agents Ready; a second rollback changes nothing."""
@@ -800,11 +808,11 @@ def step_rollback_with_overridden_backup_dir(lab):
     assert_agents_on_new_bundle(lab)  # every node's agent/ copy equals the servers' (restored) bundles
 
 
-def cross_sign_lab(work_dir, name, subnet, program):
+def cross_sign_lab(work_dir, harness, name, subnet, program):
     """Class fixture body: a 3 + 2 cluster on the default CAs; server3 keeps the full K10 join token in its config (as
     joined with a server's node-token) instead of the bare password: a server token location the rotation must
     update too."""
-    lab = make_lab(work_dir, name, subnet, 3, 2, program, collections_path(work_dir))
+    lab = make_lab(work_dir, name, subnet, 3, 2, program, collections_path(work_dir), harness)
     try:
         bootstrap(lab)
         config = lab.path(lab.servers[2], lab.etc + "/config.yaml")
@@ -824,10 +832,11 @@ def cross_sign_lab(work_dir, name, subnet, program):
 
 
 @pytest.fixture(scope="class")
-def k3s_lab(work_dir):
-    yield from cross_sign_lab(work_dir, "kpra", "10.123.120.0/24", "k3s")
+def k3s_lab(work_dir, lab_harness):
+    yield from cross_sign_lab(work_dir, lab_harness, "kpra", "10.123.120.0/24", "k3s")
 
 
+@pytest.mark.scenario
 class TestK3sCrossSign:
     """A. k3s 3 + 2 on the default self-signed CAs."""
 
@@ -852,7 +861,10 @@ class TestK3sCrossSign:
     def test_07_service_key_rotation_restarts_servers_only(self, k3s_lab):
         step_service_key_rotation(k3s_lab)
 
-    def test_08_failing_gate_on_server2_leaves_the_rest_untouched(self, k3s_lab):
+    def test_08_rotate_certs_reissues_leaves_under_the_same_cas(self, k3s_lab):
+        step_rotate_certs(k3s_lab)
+
+    def test_09_failing_gate_on_server2_leaves_the_rest_untouched(self, k3s_lab):
         step_failing_gate_on_server2(k3s_lab)
 
 
@@ -861,10 +873,11 @@ class TestK3sCrossSign:
 
 
 @pytest.fixture(scope="class")
-def rke2_lab(work_dir):
-    yield from cross_sign_lab(work_dir, "kprb", "10.123.121.0/24", "rke2")
+def rke2_lab(work_dir, lab_harness):
+    yield from cross_sign_lab(work_dir, lab_harness, "kprb", "10.123.121.0/24", "rke2")
 
 
+@pytest.mark.scenario
 class TestRke2CrossSign:
     """B. RKE2 3 + 2 on the default self-signed CAs (-e kubepki_distribution=rke2): A's steps, and rollback.yml
     after the service-key rotation (back to the CAs the failing-gate rotation then starts from)."""
@@ -904,10 +917,10 @@ class TestRke2CrossSign:
 # C + D: 3 + 1 on a custom root + intermediate, k3s and RKE2
 
 
-def custom_ca_lab(work_dir, name, subnet, program):
+def custom_ca_lab(work_dir, harness, name, subnet, program):
     """Class fixture body: the custom hierarchy (kubepki.certs.ca_chain, the program's layout) in server1's tls dir
     before its first start; the double (as k3s/RKE2) then keeps these CAs."""
-    lab = make_lab(work_dir, name, subnet, 3, 1, program, collections_path(work_dir))
+    lab = make_lab(work_dir, name, subnet, 3, 1, program, collections_path(work_dir), harness)
     try:
         lab.adhoc(lab.servers[0], "kubepki.certs.ca_chain", "path=%s/server/tls distribution=%s" % (lab.rancher, program))
         bootstrap(lab)
@@ -917,12 +930,13 @@ def custom_ca_lab(work_dir, name, subnet, program):
 
 
 @pytest.fixture(scope="class")
-def custom_lab(request, work_dir):
+def custom_lab(request, work_dir, lab_harness):
     """The lab of the requesting class: its ``LAB`` = (name, subnet, program)."""
     name, subnet, program = request.cls.LAB
-    yield from custom_ca_lab(work_dir, name, subnet, program)
+    yield from custom_ca_lab(work_dir, lab_harness, name, subnet, program)
 
 
+@pytest.mark.scenario
 class CustomCASteps:
     """D (refusal of a new_root set) on a custom-CA cluster, then C (renew keeps the token, intermediate and root).
     Not collected itself: the Test* subclasses below name their lab (``LAB``)."""
