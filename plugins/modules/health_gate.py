@@ -51,7 +51,9 @@ options:
         the bundle it serves.
     type: str
   cacerts_ca_file:
-    description: CA file to verify O(cacerts_url) with. Defaults to the node's C(server-ca.crt) from the layout table.
+    description:
+      - CA file to verify O(cacerts_url) with. Defaults to the API server's CA file from the layout table
+        (C(server-ca.crt) on k3s and RKE2, C(ca.crt) on kubeadm).
     type: path
   expected_cacerts_sha256:
     description: SHA-256 (hex) of the bundle O(cacerts_url) must serve, for example the staged C(server-ca.crt).
