@@ -4,8 +4,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
+from ansible_collections.kubepki.certs.plugins.module_utils._pki import layout as layout_mod
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.errors import LayoutError
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.layout import DISTRIBUTIONS, get_layout
 
@@ -47,3 +50,33 @@ def test_kubectl_per_distribution(distribution, data_dir, kubectl):
     assert layout.kubectl == tuple(kubectl)
     assert layout.as_dict()["kubectl"] == kubectl
     assert isinstance(layout.as_dict()["kubectl"], list)
+
+
+@pytest.mark.parametrize("distribution, api_ca_file, serving_leaf", [
+    ("k3s", "/var/lib/rancher/k3s/server/tls/server-ca.crt", "serving-kube-apiserver.crt"),
+    ("rke2", "/var/lib/rancher/rke2/server/tls/server-ca.crt", "serving-kube-apiserver.crt"),
+    ("kubeadm", "/etc/kubernetes/pki/ca.crt", "apiserver.crt"),
+])
+def test_the_api_server_ca_is_the_issuer_of_its_serving_cert(distribution, api_ca_file, serving_leaf):
+    layout = get_layout(distribution)
+    assert layout.api_ca_file() == api_ca_file
+    assert [leaf.ca for leaf in layout.leaves if leaf.cert == serving_leaf] == [layout.api_ca]
+    assert layout.as_dict()["api_ca"] == layout.api_ca
+
+
+def test_a_layout_without_an_api_ca_says_so():
+    layout = dataclasses.replace(get_layout("rke1"), api_ca=None)
+    with pytest.raises(LayoutError, match="rke1 has no API server CA"):
+        layout.api_ca_file()
+
+
+def test_operation_constants_name_known_distributions():
+    operations = (layout_mod.CA_SET_DISTRIBUTIONS, layout_mod.SERVICE_KEY_DISTRIBUTIONS,
+                  layout_mod.ROTATE_CA_DISTRIBUTIONS, layout_mod.JOIN_TOKEN_DISTRIBUTIONS,
+                  layout_mod.HEALTH_GATE_DISTRIBUTIONS)
+    for supported in operations:
+        assert supported and set(supported) <= set(DISTRIBUTIONS)
+        for distribution in supported:
+            get_layout(distribution)
+    # rotate-ca and K10 join tokens exist only in k3s and RKE2
+    assert set(layout_mod.ROTATE_CA_DISTRIBUTIONS) == set(layout_mod.JOIN_TOKEN_DISTRIBUTIONS) == {"k3s", "rke2"}
