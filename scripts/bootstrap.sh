@@ -14,6 +14,8 @@ STAMP="${VENV}/.requirements.sha256"
 CACHE_DIR="${ROOT}/.cache"
 PYTHON="${PYTHON:-python3}"
 
+# etcd-client: etcdctl, the lab probe's etcd client (tests/lab/probe.py) and the interop tests'; golang-go: the Go
+# x509 verifier of the interop tests and the lab probe's Go TLS client (tests/lab/tlsclient, built on first use).
 APT_PACKAGES=(etcd-server etcd-client nginx golang-go shellcheck openssh-server openssl iproute2 curl
               python3-cryptography python3-yaml python3-pytest)
 

@@ -218,9 +218,10 @@ step_sanity() {
     local log="${STATE}/sanity.log" rc=0 ran failed skipped
     ansible-test sanity --venv --python "${PY_VERSION}" 2>&1 | tee "${log}" || rc=$?
     # ansible-test writes no report of passed sanity tests: count them from its output
-    ran="$(grep -c "^Running sanity test '" "${log}" || true)"
-    skipped="$(grep -c "^WARNING: Skipping sanity test '" "${log}" || true)"
-    failed="$(sed -n 's/^ERROR: The \([0-9][0-9]*\) sanity test(s) listed below (out of [0-9]*) failed.*/\1/p' "${log}" | tail -n 1)"
+    # (ansible-core 2.19: 'Running sanity test "pep8"', 'FATAL: The 2 sanity test(s) listed below (out of 6) failed.')
+    ran="$(grep -cE "^Running sanity test [\"']" "${log}" || true)"
+    skipped="$(grep -cE "^WARNING: Skipping sanity test [\"']" "${log}" || true)"
+    failed="$(sed -nE 's/^(FATAL|ERROR): The ([0-9]+) sanity test\(s\) listed below \(out of [0-9]+\) failed.*/\2/p' "${log}" | tail -n 1)"
     failed="${failed:-0}"
     if [ "${rc}" -ne 0 ] && [ "${failed}" -eq 0 ]; then
         failed=1

@@ -99,7 +99,7 @@ MARKER = "kubepki-probe"
 # Tool -> Debian package (scripts/bootstrap.sh installs them).
 PACKAGES = {"etcdctl": "etcd-client", "go": "golang-go"}
 # Stages of the Go client (tests/lab/tlsclient/main.go) after which a request moves on to the next server.
-FAILOVER_STAGES = {"dial": "dial", "handshake-closed": "TLS handshake closed by peer"}
+FAILOVER_STAGES = {"dial": "server down", "handshake-closed": "TLS handshake closed by peer"}
 # Stages that are certificate failures: the verdict's first rule.
 CERT_STAGES = ("certificate", "tls-alert")
 # etcdctl (Go) prints these when a TLS handshake failed over a certificate, whatever its summary line says.
@@ -407,7 +407,7 @@ class Pool:
             if pending is not None:
                 if left < MIN_ATTEMPT:
                     raise RequestFailed("request timeout (%.1fs) after %d of %d servers; last: %s" % (timeout, step, count, pending[2]),
-                                        "request timeout during failover; last: %s %s" % (pending[1], reason_of(pending[2])), "timeout")
+                                        "request timeout during failover; last: %s: %s" % (pending[1], reason_of(pending[2])), "timeout")
                 trace.failovers.append(pending)
             dial_deadline = time.monotonic() + max(min(left, MIN_DIAL), left / (count - step))
             trace.tried.append(endpoint.label)
@@ -423,9 +423,9 @@ class Pool:
             trace.server = endpoint.label
             return result
         if count == 1:
-            raise RequestFailed(pending[2], "%s %s" % (pending[1], reason_of(pending[2])), "dial")
+            raise RequestFailed(pending[2], "%s: %s" % (pending[1], reason_of(pending[2])), "dial")
         raise RequestFailed("no server answered (%d tried): %s" % (count, pending[2]),
-                            "no server answered; last: %s %s" % (pending[1], reason_of(pending[2])), "dial")
+                            "no server answered; last: %s: %s" % (pending[1], reason_of(pending[2])), "dial")
 
 
 class Client:
@@ -518,7 +518,7 @@ class Stats:
                 win["failovers"] += 1
                 row["last_failover"] = dict(stamp, error=text)
                 entry["failovers"] += 1
-                _count(entry["failover_reasons"], "%s %s" % (why, reason_of(text)))
+                _count(entry["failover_reasons"], "%s: %s" % (why, reason_of(text)))
             if error is None:
                 self.failing[client.name] = False
                 total["ok"] += 1
@@ -1212,7 +1212,8 @@ def report(out, fail_on, note=""):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description="Traffic probe of real clients for the kubepki lab (Go TLS client with the old and the current CA, etcdctl puts)")
+    parser = argparse.ArgumentParser(description="Traffic probe of real clients for the kubepki lab "
+                                                 "(Go TLS client with the old and the current CA, etcdctl puts)")
     sub = parser.add_subparsers(dest="command", required=True)
     add_run_options(sub.add_parser("run", help="probe in the foreground until duration/max-requests/<out>/stop/SIGTERM"))
     start = sub.add_parser("start", help="run in the background (pid in <out>/probe.pid, output in <out>/probe.log)")

@@ -625,7 +625,7 @@ def test_failover_one_server_down_one_up(pki, servers, raw_listener, tmp_path):
         assert entry["targets"][closed]["failovers"] == 1 and entry["targets"][closed]["ok"] == 0
         assert entry["targets"][resetting.target]["failovers"] == 1
         reasons = entry["failover_reasons"]
-        assert sum(count for reason, count in reasons.items() if reason.startswith("dial dial tcp: connect: connection refused")) == 1, reasons
+        assert sum(count for reason, count in reasons.items() if reason.startswith("server down: dial tcp: connect: connection refused")) == 1, reasons
         assert sum(count for reason, count in reasons.items() if reason.startswith("TLS handshake closed by peer")) == 1, reasons
         assert entry["failure_reasons"] == {}
     assert good.served(1, "old") + good.served(1, "current") == 40
@@ -780,9 +780,10 @@ class Etcd:
     def __init__(self, pki, directory):
         certs = pki["pki"]
         self.dir = directory
-        self.cacert, _ = certs.root("etcd-server-ca", "etcd-server-ca")
-        server = certs.issue("etcd-server", "etcd-server", (self.cacert, _), "both")
-        self.cert, self.key = certs.issue("etcd-client", "etcd-client", (self.cacert, _), "client")
+        server_ca = certs.root("etcd-server-ca", "etcd-server-ca")
+        self.cacert = server_ca[0]
+        server = certs.issue("etcd-server", "etcd-server", server_ca, "both")
+        self.cert, self.key = certs.issue("etcd-client", "etcd-client", server_ca, "client")
         self.url = "https://127.0.0.1:%d" % free_port()
         peer = "http://127.0.0.1:%d" % free_port()
         self.cmd = ["etcd", "--name", "probe", "--data-dir", os.path.join(directory, "etcd-data"), "--logger=zap", "--log-level=warn",
