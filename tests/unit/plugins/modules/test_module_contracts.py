@@ -159,3 +159,28 @@ def test_documented_attributes_are_truthful(name, monkeypatch):
         # Every module that changes something reports it as a diff, and predicts it in check mode.
         assert attributes["diff_mode"]["support"] == "full", name
         assert attributes["check_mode"]["support"] == "full", name
+
+
+ROLE_SPECS = sorted((COLLECTION / "roles").glob("*/meta/argument_specs.yml"))
+
+
+def _role_options(options: dict, prefix=""):
+    for option, entry in (options or {}).items():
+        yield prefix + option, entry
+        yield from _role_options(entry.get("options"), prefix + option + ".")
+
+
+@pytest.mark.parametrize("spec_file", ROLE_SPECS, ids=lambda path: path.parents[1].name)
+def test_role_distribution_choices_come_from_the_layout_table(spec_file):
+    # Role argument specs are YAML and cannot import layout.py, so they are held to its constants here.
+    constants = _layout_constants()
+    entry_points = yaml.safe_load(spec_file.read_text())["argument_specs"]
+    checked = 0
+    for entry_point in entry_points.values():
+        for option, entry in _role_options(entry_point.get("options")):
+            choices = tuple(entry.get("choices") or ())
+            if option.endswith("distribution") or set(choices) & set(layout_mod.DISTRIBUTIONS):
+                checked += 1
+                assert choices in constants.values(), "%s: %s choices %s are none of layout.py's %s" % (
+                    spec_file, option, choices, sorted(constants))
+    assert checked or "distribution" not in spec_file.read_text(), "%s names a distribution option not checked" % spec_file
