@@ -10,8 +10,8 @@ A module in diff mode returns ``diff`` as Ansible expects it: a dict, or a list 
 or per changed value (``<subject>: <state>``), never file content: most files this collection writes hold keys
 or tokens.
 
-Plans say what they would do with the states below; each plan module has a ``plan_diff`` that hands its
-changes to :func:`summary_diff`, :func:`file_states_diff` or :func:`pending_writes_diff`.
+Each plan's engine module turns its plan into a diff with these functions (ca_set/rotation/service_keys/token_plan
+``plan_diff``, backups ``backup_diff``/``restore_diff``, node_restart ``RestartPlan.diff``); modules only pass it on.
 """
 
 from __future__ import annotations
