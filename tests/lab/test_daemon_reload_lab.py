@@ -99,8 +99,8 @@ def run(cmd, timeout=60, check=True, **kwargs):
     except subprocess.TimeoutExpired:
         pytest.fail("timed out after %ss: %s" % (timeout, " ".join(cmd)), pytrace=False)
     if check:
-        assert result.returncode == 0, "%s -> rc %d\n%s\n%s" % (" ".join(cmd), result.returncode, result.stdout[-3000:],
-                                                                 result.stderr[-3000:])
+        detail = (result.stdout[-3000:], result.stderr[-3000:])
+        assert result.returncode == 0, "%s -> rc %d\n%s\n%s" % ((" ".join(cmd), result.returncode) + detail)
     return result
 
 
