@@ -51,6 +51,13 @@ def backed_up_tls_dir(request: RotationRequest) -> str:
     return copy
 
 
+def _mtime(path: str) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
 def plan_ca_restore(request: RotationRequest, *, now: datetime.datetime | None = None) -> RotationPlan:
     """Stage the backed-up CAs (nothing when the live CAs already are them)."""
     if request.distribution not in RANCHER_DISTRIBUTIONS:
@@ -69,8 +76,12 @@ def plan_ca_restore(request: RotationRequest, *, now: datetime.datetime | None =
     already_loaded = all(live[name] == backed_up[name][0] for name in live)
 
     def stage(relative: str, content: bytes, secret: bool) -> None:
-        existing = read_if_exists(os.path.join(staging_tls, relative))
-        state = "unchanged" if existing == content else ("created" if existing is None else "updated")
+        # rotate-ca sends each file's mtime, and the servers refuse datastore files older than their disk files: a
+        # staged copy left by an earlier rollback with the same bytes is written again unless newer than the live file
+        staged = os.path.join(staging_tls, relative)
+        existing = read_if_exists(staged)
+        fresh = existing == content and _mtime(staged) > _mtime(os.path.join(request.current_path, relative))
+        state = "unchanged" if fresh else ("created" if existing is None else "updated")
         files.append(StagedFile(relative, content, PRIVATE_FILE_MODE if secret else PUBLIC_FILE_MODE, state))
 
     for entry in layout.cas:

@@ -61,6 +61,18 @@ def test_restore_stages_the_backed_up_cas_and_the_current_service_key(tmp_path):
     assert os.stat(plan.staging.file("server-ca.key")).st_mode & 0o077 == 0
 
 
+def test_a_staged_copy_older_than_the_live_file_is_written_again(tmp_path):
+    """rotate-ca sends mtimes and the servers refuse datastore files older than their disk files, so a staged copy
+    an earlier rollback left (same bytes) is rewritten once the live files are newer, and kept while it is newer."""
+    live, _original = rotated_cluster(tmp_path)
+    rotation.apply_rotation(ca_restore.plan_ca_restore(restore_request(tmp_path, live)))
+    assert not ca_restore.plan_ca_restore(restore_request(tmp_path, live)).changed
+    for name in CA_FILES + ("service.key",):
+        os.utime(str(live / name), (4102444800, 4102444800))  # the live files rewritten later (2100-01-01)
+    again = ca_restore.plan_ca_restore(restore_request(tmp_path, live))
+    assert {f.state for f in again.files} == {"updated"} and len(again.files) == len(CA_FILES) + 1
+
+
 def test_restore_once_loaded_changes_nothing(tmp_path):
     live, original = rotated_cluster(tmp_path)
     for name, data in original.items():
