@@ -9,7 +9,7 @@
 # integration from their output); exits 1 if any step failed (or, with CI set, an undeclared SKIP).
 #
 # Environment knobs:
-#   KUBEPKI_STEP_TIMEOUT   timeout of every step in seconds (default: each step's own, 600 to 3600)
+#   KUBEPKI_STEP_TIMEOUT   timeout of every step in seconds (default: each step's own, 300 to 3600)
 #   KUBEPKI_KEEP_STAGE=1   keep the staged tree (path is printed) instead of deleting it
 #   KUBEPKI_ALLOW_DESTRUCTIVE=0|1  pass --allow-destructive to ansible-test integration
 #                          (default: 1 when CI is set, else 0)

@@ -18,6 +18,7 @@ import collections
 import http.server
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -634,7 +635,8 @@ def test_failover_one_server_down_one_up(pki, servers, raw_listener, tmp_path):
     assert first["tried"] == [closed, resetting.target, address(good)] and first["server"] == address(good) and first["ok"]
     assert all(req["tried"] == [address(good)] for req in requests if req["seq"] > 1)
     # the one-line summary does not fold failovers into "ok"
-    assert "old 20 ok/0 fail [2 failovers, 0 cert failures, 2 blips]" in result.stdout and "4 failovers" in result.stdout
+    # (the two clients share --max-requests: their split varies)
+    assert re.search(r"old \d+ ok/0 fail \[2 failovers, 0 cert failures, 2 blips\]", result.stdout) and "4 failovers" in result.stdout
     # two blips per client (a dead and a resetting server): the verdict allows them only for two restarts
     assert summary["verdict"]["ok"] is False and "more than the 0 server restarts" in result.stdout
     assert probe("run", "--targets", "%s,%s,%s" % (closed, resetting.target, address(good)), "--old-ca", pki["old"][0],
