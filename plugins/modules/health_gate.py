@@ -105,9 +105,9 @@ problems:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.kubepki.certs.plugins.module_utils._pki.gate import GateChecks, fetch_cacerts, gate_problems, poll
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.gate import GateChecks, gate_problems, poll
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.layout import HEALTH_GATE_DISTRIBUTIONS, get_layout
-from ansible_collections.kubepki.certs.plugins.module_utils._pki.module_edge import kubectl_command, run_engine
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.module_edge import fetch_cacerts, kubectl_command, run_engine
 
 fetch = fetch_cacerts
 
@@ -120,7 +120,7 @@ def checks_from(params: dict, ca_file: str) -> GateChecks:
 
 def attempt(module, kubectl: list, params: dict, ca_file: str) -> list:
     """One attempt of the asked checks (the engine's gate_problems with the module's run_command)."""
-    return gate_problems(checks_from(params, ca_file), kubectl=kubectl, run=module.run_command)
+    return gate_problems(checks_from(params, ca_file), kubectl=kubectl, run=module.run_command, fetch=fetch)
 
 
 def main():

@@ -174,6 +174,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.gate import GateChecks, gate_problems, poll
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.layout import RANCHER_DISTRIBUTIONS, get_layout
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.module_edge import (
+    fetch_cacerts,
     kubectl_command,
     require_cryptography,
     run_engine,
@@ -255,7 +256,7 @@ def main():
                             fetch_timeout=min(10.0, max(1.0, params["timeout"])))
         if not checks.empty:
             kubectl = kubectl_command(module, layout) if checks.needs_kubectl else None
-            gate = poll(lambda: gate_problems(checks, kubectl=kubectl, run=module.run_command),
+            gate = poll(lambda: gate_problems(checks, kubectl=kubectl, run=module.run_command, fetch=fetch_cacerts),
                         timeout=params["timeout"], interval=params["interval"])
             result["gate"] = gate.as_dict()
             if not gate.ok:

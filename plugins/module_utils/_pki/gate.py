@@ -6,20 +6,15 @@
 """The health gate of a rolling restart as steps: one attempt of every asked check, and the polling around it.
 
 Shared by the modules health_gate (a gate alone) and restart_node (restart, gate and leaf check in one call).
-Commands, the clock and the sleep are passed in, so the module edge decides how they run and the units need no
+Commands, the HTTPS fetch, the clock and the sleep are passed in, so the module edge decides how they run and the units need no
 node. The judging of what kubectl printed and what /cacerts served lives in health.py.
 """
 
 from __future__ import annotations
 
 import os
-import ssl
 import time
 from dataclasses import dataclass
-from urllib.error import URLError
-
-from ansible.module_utils.urls import ConnectionError as UrlsConnectionError
-from ansible.module_utils.urls import open_url
 
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.health import (
     cacerts_problem,
@@ -59,23 +54,9 @@ class PollResult:
         return {"attempts": self.attempts, "elapsed": self.elapsed, "problems": list(self.problems)}
 
 
-def fetch_cacerts(url: str, ca_file: str, timeout: float):
-    """(body, None) or (None, why): verification failures are reported, never bypassed."""
-    if not os.path.isfile(ca_file):
-        return None, "CA file %s: No such file or directory" % ca_file
-    try:
-        response = open_url(url, ca_path=ca_file, validate_certs=True, timeout=timeout, use_proxy=False,
-                            follow_redirects="none")
-        try:
-            return response.read(), None
-        finally:
-            response.close()
-    except (OSError, URLError, ssl.SSLError, ValueError, UrlsConnectionError) as exc:
-        return None, str(getattr(exc, "reason", exc))[:300]
-
-
-def gate_problems(checks: GateChecks, *, kubectl: list | None, run, fetch=fetch_cacerts) -> list:
-    """One attempt of every asked check; ``run(argv) -> (rc, out, err)``. Empty list = the gate passes."""
+def gate_problems(checks: GateChecks, *, kubectl: list | None, run, fetch) -> list:
+    """One attempt of every asked check; ``run(argv) -> (rc, out, err)``, ``fetch(url, ca_file, timeout=) ->
+    (body, error)`` (module_edge.fetch_cacerts on a node). Empty list = the gate passes."""
     problems = []
     if checks.needs_kubectl:
         if not kubectl:

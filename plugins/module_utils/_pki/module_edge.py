@@ -3,11 +3,18 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 #
 # PRIVATE to the kubepki.certs collection.
-"""The only place where the engine meets AnsibleModule: dependency check and error reporting."""
+"""The only place where the engine meets Ansible: dependency check, error reporting, kubectl lookup and the HTTPS
+fetch (ansible's open_url), so the engine itself imports nothing from ansible."""
 
 from __future__ import annotations
 
+import os
+import ssl
+from urllib.error import URLError
+
 from ansible.module_utils.basic import missing_required_lib
+from ansible.module_utils.urls import ConnectionError as UrlsConnectionError
+from ansible.module_utils.urls import open_url
 
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.deps import (
     CRYPTOGRAPHY_IMPORT_ERROR,
@@ -48,3 +55,18 @@ def kubectl_command(module, layout) -> list | None:
             return None
         argv[0] = found
     return argv
+
+
+def fetch_cacerts(url: str, ca_file: str, timeout: float):
+    """(body, None) or (None, why): verification failures are reported, never bypassed."""
+    if not os.path.isfile(ca_file):
+        return None, "CA file %s: No such file or directory" % ca_file
+    try:
+        response = open_url(url, ca_path=ca_file, validate_certs=True, timeout=timeout, use_proxy=False,
+                            follow_redirects="none")
+        try:
+            return response.read(), None
+        finally:
+            response.close()
+    except (OSError, URLError, ssl.SSLError, ValueError, UrlsConnectionError) as exc:
+        return None, str(getattr(exc, "reason", exc))[:300]

@@ -83,6 +83,6 @@ def test_poll_gives_up_with_the_last_problems():
 
 def test_gate_without_kubectl_is_a_problem_and_runs_nothing():
     calls = []
-    problems = gate_problems(GateChecks(readyz=True), kubectl=None, run=calls.append)
+    problems = gate_problems(GateChecks(readyz=True), kubectl=None, run=calls.append, fetch=calls.append)
     assert problems == ["kubectl: not found"] and calls == []
     assert GateChecks(readyz=False).empty and not GateChecks(readyz=False, cacerts_url="https://x/cacerts").empty
