@@ -6,9 +6,15 @@ from __future__ import annotations
 
 
 class ModuleDocFragment:
-    # Modules that write files on the node (files.atomic_write).
+    # Modules that write files on the node (files.atomic_write). Each of them plans its writes first, so it runs in
+    # check mode and reports a diff; the module adds the details of its diff.
     DOCUMENTATION = r"""
 options: {}
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
 notes:
   - Every file is written to a temporary file in the same directory, synced and renamed into place, so a reader
     never sees a half-written file; a replaced file keeps its owner and group when the module runs as root.

@@ -20,16 +20,6 @@ options:
     description: Host name -> node_info result.
     type: dict
     required: true
-  servers:
-    description: Host names of the servers group, in restart order.
-    type: list
-    elements: str
-    required: true
-  agents:
-    description: Host names of the agents group.
-    type: list
-    elements: str
-    default: []
   mode:
     description: The rotation mode (cross_sign, renew, new_root).
     type: str
@@ -38,6 +28,8 @@ options:
     description: The backup root on the nodes.
     type: str
     default: ""
+extends_documentation_fragment:
+  - kubepki.certs._node_groups
 """
 
 EXAMPLES = r"""

@@ -21,20 +21,12 @@ options:
     description: Host name -> node_info result (hosts without a result count as unreachable).
     type: dict
     required: true
-  servers:
-    description: Host names of the servers group.
-    type: list
-    elements: str
-    required: true
-  agents:
-    description: Host names of the agents group.
-    type: list
-    elements: str
-    default: []
   minimum_version:
     description: The version gate, for the message.
     type: str
     default: ""
+extends_documentation_fragment:
+  - kubepki.certs._node_groups
 """
 
 EXAMPLES = r"""

@@ -25,10 +25,7 @@ extends_documentation_fragment:
   - kubepki.certs._attributes
   - kubepki.certs._file_writes
 attributes:
-  check_mode:
-    support: full
   diff_mode:
-    support: full
     details:
       - The diff names each copy (or, for O(state=restored), each live file) that would be created or updated,
         never its content.

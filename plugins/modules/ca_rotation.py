@@ -40,10 +40,7 @@ extends_documentation_fragment:
   - kubepki.certs._file_writes
   - kubepki.certs._file_writes.private_keys
 attributes:
-  check_mode:
-    support: full
   diff_mode:
-    support: full
     details:
       - The diff lists staged files that would be created or updated, never their content.
 options:

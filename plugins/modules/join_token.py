@@ -36,10 +36,7 @@ extends_documentation_fragment:
   - kubepki.certs._attributes
   - kubepki.certs._file_writes
 attributes:
-  check_mode:
-    support: full
   diff_mode:
-    support: full
     details:
       - "The diff names each file and shows C(line N: key: K10<hash prefix>...::<user>:<redacted>) for each
         token that changes; no token, password or other line content."

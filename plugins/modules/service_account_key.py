@@ -27,10 +27,7 @@ extends_documentation_fragment:
   - kubepki.certs._file_writes
   - kubepki.certs._file_writes.private_keys
 attributes:
-  check_mode:
-    support: full
   diff_mode:
-    support: full
     details:
       - The diff names the files and the public-key fingerprints, never key material.
 options:

@@ -470,6 +470,15 @@ class Scenario:
         out = os.path.join(self.work, ca.replace("/", "-") + ".alone.pem")
         return write_text(out, certs[0])
 
+    def foreign_lookalike(self, ca: str, directory: str):
+        """A self-signed CA named like ``ca`` (same subject CN) but unrelated to it, and a kube-apiserver server
+        leaf (DNS localhost) it issued: (foreign CA cert, leaf cert)."""
+        subject = self.openssl("x509", "-noout", "-subject", "-nameopt", "compat", "-in", self.ca_alone(ca)).stdout
+        foreign_cert, foreign_key = self.openssl.self_signed_ca(directory, "foreign", cn=subject.split("CN=", 1)[1].strip())
+        leaf, _key = self.openssl.leaf(directory, "foreign-leaf", issuer_cert=foreign_cert, issuer_key=foreign_key,
+                                       cn="kube-apiserver", server=True, dns=("localhost",))
+        return foreign_cert, leaf
+
     def ca_bundle(self, ca: str) -> str:
         return self.file(ca + ".crt")
 

@@ -73,13 +73,10 @@ def test_go_leaf_usages_and_names(scenario, go_verifier, openssl, tmp_path):
                   "a leaf without its intermediates", "unknown authority")
 
 
-def test_go_rejects_foreign_ca(scenario, go_verifier, openssl, tmp_path):
+def test_go_rejects_foreign_ca(scenario, go_verifier, tmp_path):
     work = str(tmp_path)
     server_ca = scenario.role("server")
-    subject = openssl("x509", "-noout", "-subject", "-nameopt", "compat", "-in", scenario.ca_alone(server_ca)).stdout
-    foreign_cert, foreign_key = openssl.self_signed_ca(work, "foreign", cn=subject.split("CN=", 1)[1].strip())
-    leaf, _key = openssl.leaf(work, "foreign-leaf", issuer_cert=foreign_cert, issuer_key=foreign_key,
-                              cn="kube-apiserver", server=True, dns=("localhost",))
+    _foreign_cert, leaf = scenario.foreign_lookalike(server_ca, work)
     result = go_verifier.verify(leaf, roots=scenario.ca_bundle(server_ca), usage="server", dns="localhost")
     assert result.returncode != 0, "Go accepted a leaf of a foreign CA named like %s" % server_ca
     assert "unknown authority" in result.stderr or "crypto/" in result.stderr, result.stderr

@@ -131,10 +131,7 @@ def test_openssl_rejects_foreign_ca(scenario, openssl, tmp_path):
     """A leaf of an unrelated CA with an identical name must not verify against the set; and vice versa."""
     work = str(tmp_path)
     server_ca = scenario.role("server")
-    subject = openssl("x509", "-noout", "-subject", "-nameopt", "compat", "-in", scenario.ca_alone(server_ca)).stdout
-    foreign_cert, foreign_key = openssl.self_signed_ca(work, "foreign", cn=subject.split("CN=", 1)[1].strip())
-    leaf, _key = openssl.leaf(work, "foreign-leaf", issuer_cert=foreign_cert, issuer_key=foreign_key,
-                              cn="kube-apiserver", server=True, dns=("localhost",))
+    foreign_cert, leaf = scenario.foreign_lookalike(server_ca, work)
     _assert_verify_fails(openssl.verify(leaf, cafile=scenario.ca_bundle(server_ca), purpose="sslserver"),
                          "a leaf of a foreign CA named like %s" % server_ca,
                          r"signature failure|unable to get local issuer|certificate signature failure|error 7|error 20")

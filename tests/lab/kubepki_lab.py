@@ -82,6 +82,7 @@ INVENTORY_FILE = "inventory.ini"
 ALIAS_PREFIX = "kubepki-lab:"
 RUN_NETNS = "/run/netns"
 # The collection's own minimum (plugins/module_utils/_pki/deps.py), read at run time; fallback below.
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEPS_PY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "plugins", "module_utils", "_pki", "deps.py")
 FALLBACK_MIN_CRYPTOGRAPHY = "41.0"
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,9}$")
@@ -144,6 +145,21 @@ def run(cmd, check=True, timeout=30):
     if check and result.returncode != 0:
         raise LabError("command failed (rc=%d): %s: %s" % (result.returncode, " ".join(cmd), (result.stderr or result.stdout).strip()))
     return result
+
+
+def collections_path(tmp_root):
+    """ANSIBLE_COLLECTIONS_PATH for the Ansible runs against the lab: the configured one when it holds
+    kubepki.certs (a staged run), else a symlink tree under ``tmp_root`` to this checkout, as scripts/demo.sh makes."""
+    configured = os.environ.get("ANSIBLE_COLLECTIONS_PATH", "")
+    for entry in configured.split(os.pathsep):
+        if entry and os.path.isdir(os.path.join(entry, "ansible_collections", "kubepki", "certs")):
+            return configured
+    tree = os.path.join(tmp_root, "collections")
+    os.makedirs(os.path.join(tree, "ansible_collections", "kubepki"), exist_ok=True)
+    link = os.path.join(tree, "ansible_collections", "kubepki", "certs")
+    if not os.path.islink(link):
+        os.symlink(REPO, link)
+    return tree
 
 
 def preflight():

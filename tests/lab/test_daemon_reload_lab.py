@@ -104,17 +104,6 @@ def run(cmd, timeout=60, check=True, **kwargs):
     return result
 
 
-def collections_path(tmp_root):
-    configured = os.environ.get("ANSIBLE_COLLECTIONS_PATH", "")
-    for entry in configured.split(os.pathsep):
-        if entry and os.path.isdir(os.path.join(entry, "ansible_collections", "kubepki", "certs")):
-            return configured
-    tree = os.path.join(tmp_root, "collections")
-    os.makedirs(os.path.join(tree, "ansible_collections", "kubepki"), exist_ok=True)
-    os.symlink(REPO, os.path.join(tree, "ansible_collections", "kubepki", "certs"))
-    return tree
-
-
 class Lab:
     def __init__(self, state, collections, log_dir):
         self.state, self.collections, self.log_dir = state, collections, log_dir
@@ -160,7 +149,7 @@ def lab(tmp_path_factory):
         shutil.rmtree(base, ignore_errors=True)
         pytest.fail("lab %s/%s cannot come up: %s" % (LAB_NAME, LAB_SUBNET, exc), pytrace=False)
     try:
-        yield Lab(state, collections_path(work), work)
+        yield Lab(state, lab_harness.collections_path(work), work)
     finally:
         try:
             lab_harness.down(base, log=lambda msg: None)

@@ -9,6 +9,7 @@ rotations is made with the openssl CLI the way contrib/util/rotate-default-ca-ce
 never with the collection's code. The double runs under Debian's /usr/bin/python3.
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -85,20 +86,21 @@ def der_sha256(pem_path):
     return hashlib.sha256(der).hexdigest()
 
 
-def subject_cn(pem_path):
-    out = openssl("x509", "-in", pem_path, "-noout", "-subject", "-nameopt", "multiline")
+def _name_cn(pem_path, name_flag):
+    """The CN of the certificate's subject (``-subject``) or issuer (``-issuer``), as openssl prints it; "" if none."""
+    out = openssl("x509", "-in", pem_path, "-noout", name_flag, "-nameopt", "multiline")
     for line in out.splitlines():
         if "commonName" in line:
             return line.split("=", 1)[1].strip()
     return ""
+
+
+def subject_cn(pem_path):
+    return _name_cn(pem_path, "-subject")
 
 
 def issuer_cn(pem_path):
-    out = openssl("x509", "-in", pem_path, "-noout", "-issuer", "-nameopt", "multiline")
-    for line in out.splitlines():
-        if "commonName" in line:
-            return line.split("=", 1)[1].strip()
-    return ""
+    return _name_cn(pem_path, "-issuer")
 
 
 class Node:
@@ -190,6 +192,18 @@ class Lab:
     def stop_all(self):
         for node in reversed(self.nodes):
             node.service("stop")
+
+
+@contextlib.contextmanager
+def running_lab(prefix):
+    """A Lab in a fresh temporary directory; afterwards every node is stopped and the directory removed."""
+    base = tempfile.mkdtemp(prefix=prefix)
+    the_lab = Lab(base)
+    try:
+        yield the_lab
+    finally:
+        the_lab.stop_all()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def diagnostics(node):
@@ -318,13 +332,8 @@ def stage_rotation(server, stage, product="k3s", cross_signed=True, keep_service
 
 @pytest.fixture(scope="module")
 def lab():
-    base = tempfile.mkdtemp(prefix="kubepki-double-")
-    the_lab = Lab(base)
-    try:
+    with running_lab("kubepki-double-") as the_lab:
         yield the_lab
-    finally:
-        the_lab.stop_all()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

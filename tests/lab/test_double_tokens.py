@@ -16,7 +16,6 @@ import http.client
 import json
 import os
 import re
-import shutil
 import ssl
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 try:
-    from test_double import Lab, PYTHON, restarted, rotate_ca, started  # pylint: disable=import-error,wrong-import-position
+    from test_double import PYTHON, restarted, rotate_ca, running_lab, started  # pylint: disable=import-error,wrong-import-position
 finally:
     sys.path.remove(HERE)
 
@@ -151,13 +150,8 @@ def stage_service_key(lab, *keys):
 
 @pytest.fixture(scope="module")
 def lab():
-    base = tempfile.mkdtemp(prefix="kubepki-double-sa-")
-    the_lab = Lab(base)
-    try:
+    with running_lab("kubepki-double-sa-") as the_lab:
         yield the_lab
-    finally:
-        the_lab.stop_all()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -154,20 +154,6 @@ def jwt_header(token):
     return json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
 
 
-def collections_path(tmp_root):
-    configured = os.environ.get("ANSIBLE_COLLECTIONS_PATH", "")
-    for entry in configured.split(os.pathsep):
-        if entry and os.path.isdir(os.path.join(entry, "ansible_collections", "kubepki", "certs")):
-            return configured
-    # Not staged (a run from the checkout): a symlink tree to this checkout, as scripts/demo.sh makes.
-    tree = os.path.join(tmp_root, "collections")
-    os.makedirs(os.path.join(tree, "ansible_collections", "kubepki"), exist_ok=True)
-    link = os.path.join(tree, "ansible_collections", "kubepki", "certs")
-    if not os.path.islink(link):
-        os.symlink(REPO, link)
-    return tree
-
-
 class Lab:
     """One running lab + cluster: paths into the hosts' private roots, commands inside a host, playbook runs."""
 
@@ -812,7 +798,7 @@ def cross_sign_lab(work_dir, harness, name, subnet, program):
     """Class fixture body: a 3 + 2 cluster on the default CAs; server3 keeps the full K10 join token in its config (as
     joined with a server's node-token) instead of the bare password: a server token location the rotation must
     update too."""
-    lab = make_lab(work_dir, name, subnet, 3, 2, program, collections_path(work_dir), harness)
+    lab = make_lab(work_dir, name, subnet, 3, 2, program, harness.collections_path(work_dir), harness)
     try:
         bootstrap(lab)
         config = lab.path(lab.servers[2], lab.etc + "/config.yaml")
@@ -920,7 +906,7 @@ class TestRke2CrossSign:
 def custom_ca_lab(work_dir, harness, name, subnet, program):
     """Class fixture body: the custom hierarchy (kubepki.certs.ca_chain, the program's layout) in server1's tls dir
     before its first start; the double (as k3s/RKE2) then keeps these CAs."""
-    lab = make_lab(work_dir, name, subnet, 3, 1, program, collections_path(work_dir), harness)
+    lab = make_lab(work_dir, name, subnet, 3, 1, program, harness.collections_path(work_dir), harness)
     try:
         lab.adhoc(lab.servers[0], "kubepki.certs.ca_chain", "path=%s/server/tls distribution=%s" % (lab.rancher, program))
         bootstrap(lab)

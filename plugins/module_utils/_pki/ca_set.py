@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass, field
 
 from ansible_collections.kubepki.certs.plugins.module_utils._pki import certs as certs_mod
+from ansible_collections.kubepki.certs.plugins.module_utils._pki import files as files_mod
 from ansible_collections.kubepki.certs.plugins.module_utils._pki import keys as keys_mod
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.chain import hash_ca
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.diffs import file_states_diff
@@ -24,15 +25,6 @@ from ansible_collections.kubepki.certs.plugins.module_utils._pki.errors import (
     ChainError,
     ExistingFileConflict,
     InvalidInputError,
-)
-from ansible_collections.kubepki.certs.plugins.module_utils._pki.files import (
-    PRIVATE_DIR_MODE,
-    PRIVATE_FILE_MODE,
-    PUBLIC_FILE_MODE,
-    atomic_write,
-    check_writable_dir,
-    ensure_dir,
-    read_if_exists,
 )
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.issuing_ca import (
     existing_ca,
@@ -121,8 +113,8 @@ class _Planner:
     # -- files -------------------------------------------------------------------------------
     def plan_file(self, relative: str, content: bytes, *, secret: bool) -> PlannedFile:
         path = os.path.join(self.request.path, relative)
-        current = read_if_exists(path)
-        mode = PRIVATE_FILE_MODE if secret else PUBLIC_FILE_MODE
+        current = files_mod.read_if_exists(path)
+        mode = files_mod.PRIVATE_FILE_MODE if secret else files_mod.PUBLIC_FILE_MODE
         if current == content:
             state = "unchanged"
         else:
@@ -369,7 +361,7 @@ def _existing_or_new_key_bytes(planner: _Planner, state: CAState) -> bytes:
     """Keep an existing key file byte for byte (its format is the operator's); serialise new keys."""
     source = state.key_source or state.key_path
     if not state.generated and source:
-        current = read_if_exists(source)
+        current = files_mod.read_if_exists(source)
         if current is not None:
             return current
     return planner.key_bytes(state.key)
@@ -377,13 +369,13 @@ def _existing_or_new_key_bytes(planner: _Planner, state: CAState) -> bytes:
 
 def _plan_service_key(planner: _Planner, key_name: str, pub_name: str | None) -> None:
     path = os.path.join(planner.request.path, key_name)
-    current = read_if_exists(path)
+    current = files_mod.read_if_exists(path)
     if current is not None:
         keys = keys_mod.load_private_keys(current, source=path)  # validate; never regenerate
         planner.plan_file(key_name, current, secret=True)
         if pub_name:
             pub_path = os.path.join(planner.request.path, pub_name)
-            if read_if_exists(pub_path) is None:
+            if files_mod.read_if_exists(pub_path) is None:
                 planner.plan_file(pub_name, keys_mod.serialize_public_key(keys[0]), secret=False)
         return
     key = keys_mod.generate_private_key(planner.request.service_key_type)
@@ -420,12 +412,12 @@ def apply_plan(plan: CASetPlan) -> None:
     pending = [f for f in plan.files if f.state != "unchanged"]
     if not pending:
         return
-    check_writable_dir(plan.request.path)
+    files_mod.check_writable_dir(plan.request.path)
     for planned in pending:
-        ensure_dir(os.path.dirname(planned.path), mode=PRIVATE_DIR_MODE)
+        files_mod.ensure_dir(os.path.dirname(planned.path), mode=files_mod.PRIVATE_DIR_MODE)
     # Keys before certificates: a reader never finds a certificate whose key is not there yet.
     for planned in sorted(pending, key=lambda f: (not f.secret, f.path)):
-        atomic_write(planned.path, planned.content, mode=planned.mode)
+        files_mod.atomic_write(planned.path, planned.content, mode=planned.mode)
 
 
 def plan_report(plan: CASetPlan) -> dict:

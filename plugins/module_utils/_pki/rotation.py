@@ -24,6 +24,7 @@ import os
 from dataclasses import dataclass, field
 
 from ansible_collections.kubepki.certs.plugins.module_utils._pki import certs as certs_mod
+from ansible_collections.kubepki.certs.plugins.module_utils._pki import files as files_mod
 from ansible_collections.kubepki.certs.plugins.module_utils._pki import keys as keys_mod
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.ca_set import CASetRequest, plan_ca_set
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.chain import build_chains, hash_ca
@@ -32,16 +33,6 @@ from ansible_collections.kubepki.certs.plugins.module_utils._pki.errors import (
     ChainError,
     InvalidInputError,
     KeyMismatchError,
-)
-from ansible_collections.kubepki.certs.plugins.module_utils._pki.files import (
-    PRIVATE_DIR_MODE,
-    PRIVATE_FILE_MODE,
-    PUBLIC_FILE_MODE,
-    atomic_write,
-    check_writable_dir,
-    ensure_dir,
-    read_bytes,
-    read_if_exists,
 )
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.issuing_ca import timestamp_cn, validate_issuing_ca
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.layout import RANCHER_DISTRIBUTIONS, get_layout
@@ -144,9 +135,9 @@ def request_tree(request: RotationRequest) -> StagingTree:
 def _read_current_ca(current_path: str, entry):
     cert_path = os.path.join(current_path, entry.cert)
     key_path = os.path.join(current_path, entry.key)
-    bundle_bytes = read_bytes(cert_path, what="current %s bundle" % entry.name)
+    bundle_bytes = files_mod.read_bytes(cert_path, what="current %s bundle" % entry.name)
     bundle = certs_mod.load_certificates(bundle_bytes, source=cert_path)
-    key_data = read_bytes(key_path, what="current %s key" % entry.name)
+    key_data = files_mod.read_bytes(key_path, what="current %s key" % entry.name)
     key = keys_mod.load_private_key(key_data, source=key_path)
     if not keys_mod.key_matches_certificate(key, bundle[0]):
         raise KeyMismatchError("%s does not match the first certificate of %s; the live CA files disagree"
@@ -190,8 +181,8 @@ def _staged_intermediate(staging_tls: str, layout, root, now):
     """An intermediate staged by an earlier run under ``root`` that is still good: (cert, key) or None.
 
     Reusing it makes a renew with a new intermediate idempotent (the cluster CAs staged under it are kept too)."""
-    cert_data = read_if_exists(os.path.join(staging_tls, layout.intermediate_ca[0]))
-    key_data = read_if_exists(os.path.join(staging_tls, layout.intermediate_ca[1]))
+    cert_data = files_mod.read_if_exists(os.path.join(staging_tls, layout.intermediate_ca[0]))
+    key_data = files_mod.read_if_exists(os.path.join(staging_tls, layout.intermediate_ca[1]))
     if cert_data is None or key_data is None:
         return None
     try:
@@ -212,9 +203,9 @@ def _renew_issuer(request: RotationRequest, layout, now, staging_tls: str = ""):
     inter_key_path = request.intermediate_key or os.path.join(request.current_path, layout.intermediate_ca[1])
     if request.root_cert and request.root_key and not request.intermediate_cert:
         # A new intermediate under the existing root.
-        root = certs_mod.load_certificates(read_bytes(request.root_cert, what="root certificate"),
+        root = certs_mod.load_certificates(files_mod.read_bytes(request.root_cert, what="root certificate"),
                                            source=request.root_cert)[0]
-        root_key = keys_mod.load_private_key(read_bytes(request.root_key, what="root key"), source=request.root_key)
+        root_key = keys_mod.load_private_key(files_mod.read_bytes(request.root_key, what="root key"), source=request.root_key)
         if not keys_mod.key_matches_certificate(root_key, root):
             raise KeyMismatchError("%s does not match %s" % (request.root_key, request.root_cert), path=request.root_key)
         validate_issuing_ca(root, source=request.root_cert, levels_below=2, now=now)
@@ -227,13 +218,13 @@ def _renew_issuer(request: RotationRequest, layout, now, staging_tls: str = ""):
                                                subject_public_key=inter_key.public_key(), issuer_certificate=root,
                                                issuer_key=root_key, validity_days=request.ca_validity_days, now=now)
         return inter, inter_key, [root], True
-    inter_data = read_if_exists(inter_cert_path)
+    inter_data = files_mod.read_if_exists(inter_cert_path)
     if inter_data is None:
         raise InvalidInputError("mode renew needs the intermediate CA: %s does not exist; supply intermediate_cert and "
                                 "intermediate_key (or root_cert and root_key for a new intermediate)" % inter_cert_path,
                                 path=inter_cert_path)
     chain = certs_mod.load_certificates(inter_data, source=inter_cert_path)
-    key_data = read_if_exists(inter_key_path)
+    key_data = files_mod.read_if_exists(inter_key_path)
     if key_data is None:
         raise InvalidInputError("mode renew needs the intermediate's private key: %s does not exist" % inter_key_path,
                                 path=inter_key_path)
@@ -245,7 +236,7 @@ def _renew_issuer(request: RotationRequest, layout, now, staging_tls: str = ""):
     above = chain[1:]
     if not above:
         root_path = request.root_cert or os.path.join(request.current_path, layout.root_ca[0])
-        root_data = read_if_exists(root_path)
+        root_data = files_mod.read_if_exists(root_path)
         if root_data is not None:
             above = certs_mod.load_certificates(root_data, source=root_path)
     return chain[0], inter_key, above, False
@@ -313,15 +304,15 @@ def plan_rotation(request: RotationRequest, *, now: datetime.datetime | None = N
     token_before = hash_ca(current["server-ca"][1], at=now)
 
     # Already loaded: the live set is the one staged earlier (rotate-ca ran and the servers restarted).
-    staged_server = read_if_exists(os.path.join(staging_tls, "server-ca.crt"))
+    staged_server = files_mod.read_if_exists(os.path.join(staging_tls, "server-ca.crt"))
     already_loaded = staged_server is not None and staged_server == current["server-ca"][1]
 
     files, cas, warnings = [], [], []
 
     def stage(relative: str, content: bytes, secret: bool) -> None:
-        existing = read_if_exists(os.path.join(staging_tls, relative))
+        existing = files_mod.read_if_exists(os.path.join(staging_tls, relative))
         state = "unchanged" if existing == content else ("created" if existing is None else "updated")
-        files.append(StagedFile(relative, content, PRIVATE_FILE_MODE if secret else PUBLIC_FILE_MODE, state))
+        files.append(StagedFile(relative, content, files_mod.PRIVATE_FILE_MODE if secret else files_mod.PUBLIC_FILE_MODE, state))
 
     if request.mode == "new_root":
         _plan_new_root(request, staging_tls, stage, cas, current, layout)
@@ -333,8 +324,8 @@ def plan_rotation(request: RotationRequest, *, now: datetime.datetime | None = N
                   True)
         for entry in layout.cas:
             bundle, _bundle_bytes, current_key = current[entry.name]
-            staged_bundle = read_if_exists(os.path.join(staging_tls, entry.cert))
-            staged_key = read_if_exists(os.path.join(staging_tls, entry.key))
+            staged_bundle = files_mod.read_if_exists(os.path.join(staging_tls, entry.cert))
+            staged_key = files_mod.read_if_exists(os.path.join(staging_tls, entry.key))
             expected_tail = None
             if issuer is not None:
                 # an earlier staged CA is kept when it hangs below the same intermediate (the existing one, or
@@ -389,14 +380,14 @@ def _plan_service_key(request: RotationRequest, layout, staging_tls: str, stage)
     dest = os.path.join(staging_tls, layout.service_key)
     if request.service_key == "keep":
         # A byte-identical copy: rotate-ca's service-key check passes and the signing key stays.
-        stage(layout.service_key, read_bytes(current_path, what="current service key"), True)
+        stage(layout.service_key, files_mod.read_bytes(current_path, what="current service key"), True)
         return
     plan = plan_service_key_rotation(ServiceKeyRequest(path=current_path, dest=dest, distribution=request.distribution,
                                                        keep=request.service_key_keep, key_format=request.key_format))
     if plan.writes:
         stage(layout.service_key, plan.writes[0][1], True)
     else:
-        stage(layout.service_key, read_bytes(dest, what="staged service key"), True)
+        stage(layout.service_key, files_mod.read_bytes(dest, what="staged service key"), True)
 
 
 def apply_rotation(plan: RotationPlan) -> None:
@@ -407,12 +398,12 @@ def apply_rotation(plan: RotationPlan) -> None:
     pending = [f for f in plan.files if f.state != "unchanged"]
     if not pending:
         return
-    check_writable_dir(plan.staging.data_dir)
-    ensure_dir(plan.staging_tls, mode=PRIVATE_DIR_MODE)  # every missing level of the tree 0700
-    for staged in sorted(pending, key=lambda f: (f.mode != PRIVATE_FILE_MODE, f.relative)):
+    files_mod.check_writable_dir(plan.staging.data_dir)
+    files_mod.ensure_dir(plan.staging_tls, mode=files_mod.PRIVATE_DIR_MODE)  # every missing level of the tree 0700
+    for staged in sorted(pending, key=lambda f: (f.mode != files_mod.PRIVATE_FILE_MODE, f.relative)):
         path = os.path.join(plan.staging_tls, staged.relative)
-        ensure_dir(os.path.dirname(path), mode=PRIVATE_DIR_MODE)
-        atomic_write(path, staged.content, mode=staged.mode)
+        files_mod.ensure_dir(os.path.dirname(path), mode=files_mod.PRIVATE_DIR_MODE)
+        files_mod.atomic_write(path, staged.content, mode=staged.mode)
 
 
 def rotation_id(plan: RotationPlan) -> str:

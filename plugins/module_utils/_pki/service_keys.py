@@ -16,19 +16,10 @@ import os
 import time
 from dataclasses import dataclass
 
+from ansible_collections.kubepki.certs.plugins.module_utils._pki import files as files_mod
 from ansible_collections.kubepki.certs.plugins.module_utils._pki import keys as keys_mod
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.diffs import pending_writes_diff
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.errors import InvalidInputError
-from ansible_collections.kubepki.certs.plugins.module_utils._pki.files import (
-    PRIVATE_DIR_MODE,
-    PRIVATE_FILE_MODE,
-    PUBLIC_FILE_MODE,
-    atomic_write,
-    check_writable_dir,
-    ensure_dir,
-    read_bytes,
-    read_if_exists,
-)
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.layout import RANCHER_DISTRIBUTIONS
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.pem import (
     PRIVATE_KEY_LABELS,
@@ -91,7 +82,7 @@ def _check_paths(request: ServiceKeyRequest) -> None:
 
 
 def _plan_rancher(request: ServiceKeyRequest) -> ServiceKeyPlan:
-    current_data = read_bytes(request.path, what="service-account key file")
+    current_data = files_mod.read_bytes(request.path, what="service-account key file")
     current_keys = keys_mod.load_private_keys(current_data, source=request.path)
     current_blocks = blocks_with_labels(current_data, PRIVATE_KEY_LABELS)
     count = _keep_count(request, len(current_keys))
@@ -99,7 +90,7 @@ def _plan_rancher(request: ServiceKeyRequest) -> ServiceKeyPlan:
     current_ids = {keys_mod.public_key_der(k) for k in current_keys}
 
     if not request.in_place:
-        existing = read_if_exists(request.dest)
+        existing = files_mod.read_if_exists(request.dest)
         if existing is not None:
             staged = keys_mod.load_private_keys(existing, source=request.dest)
             staged_ids = [keys_mod.public_key_der(k) for k in staged]
@@ -117,15 +108,15 @@ def _plan_rancher(request: ServiceKeyRequest) -> ServiceKeyPlan:
     # Kept keys stay byte for byte as they were: their format is whatever the cluster wrote.
     content = keys_mod.serialize_private_key(new_key, key_format=request.key_format)
     content += b"".join(normalise_block(block) for block in kept_blocks)
-    return ServiceKeyPlan(request, [(request.dest, content, PRIVATE_FILE_MODE)], key_fingerprint(new_key),
+    return ServiceKeyPlan(request, [(request.dest, content, files_mod.PRIVATE_FILE_MODE)], key_fingerprint(new_key),
                           [key_fingerprint(k) for k in kept_keys], len(current_keys) - count,
                           request.path if request.in_place else None)
 
 
 def _plan_kubeadm(request: ServiceKeyRequest) -> ServiceKeyPlan:
-    current_key = keys_mod.load_private_key(read_bytes(request.path, what="sa.key"), source=request.path)
+    current_key = keys_mod.load_private_key(files_mod.read_bytes(request.path, what="sa.key"), source=request.path)
     pub_path = os.path.join(os.path.dirname(request.path), "sa.pub")
-    pub_data = read_if_exists(pub_path)
+    pub_data = files_mod.read_if_exists(pub_path)
     public_keys = keys_mod.load_public_keys(pub_data, source=pub_path) if pub_data is not None else []
     public_blocks = blocks_with_labels(pub_data, PUBLIC_KEY_LABELS) if pub_data is not None else []
     current_der = keys_mod.public_key_der(current_key)
@@ -139,8 +130,8 @@ def _plan_kubeadm(request: ServiceKeyRequest) -> ServiceKeyPlan:
     dest_pub = os.path.join(os.path.dirname(request.dest), "sa.pub")
 
     if not request.in_place:
-        existing = read_if_exists(request.dest)
-        existing_pub = read_if_exists(dest_pub)
+        existing = files_mod.read_if_exists(request.dest)
+        existing_pub = files_mod.read_if_exists(dest_pub)
         if existing is not None and existing_pub is not None:
             staged = keys_mod.load_private_key(existing, source=request.dest)
             expected_pub = keys_mod.serialize_public_key(staged) + b"".join(normalise_block(b) for b in kept_blocks)
@@ -151,7 +142,7 @@ def _plan_kubeadm(request: ServiceKeyRequest) -> ServiceKeyPlan:
     new_key = keys_mod.generate_private_key(request.key_type)
     key_content = keys_mod.serialize_private_key(new_key, key_format=request.key_format)
     pub_content = keys_mod.serialize_public_key(new_key) + b"".join(normalise_block(b) for b in kept_blocks)
-    writes = [(request.dest, key_content, PRIVATE_FILE_MODE), (dest_pub, pub_content, PUBLIC_FILE_MODE)]
+    writes = [(request.dest, key_content, files_mod.PRIVATE_FILE_MODE), (dest_pub, pub_content, files_mod.PUBLIC_FILE_MODE)]
     return ServiceKeyPlan(request, writes, key_fingerprint(new_key), [key_fingerprint(k) for k in kept_keys],
                           len(public_keys) - count, request.path if request.in_place else None)
 
@@ -172,19 +163,19 @@ def apply_service_key_plan(plan: ServiceKeyPlan, *, backup_suffix: str | None = 
         return None
     backup_path = None
     directory = os.path.dirname(plan.request.dest) or "."
-    check_writable_dir(directory)
-    ensure_dir(directory, mode=PRIVATE_DIR_MODE)
+    files_mod.check_writable_dir(directory)
+    files_mod.ensure_dir(directory, mode=files_mod.PRIVATE_DIR_MODE)
     if plan.backup_source:
         suffix = backup_suffix or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         for path, _content, _mode in plan.writes:
-            current = read_if_exists(path)
+            current = files_mod.read_if_exists(path)
             if current is not None:
                 target = "%s.%s.bak" % (path, suffix)
-                atomic_write(target, current, mode=PRIVATE_FILE_MODE)
+                files_mod.atomic_write(target, current, mode=files_mod.PRIVATE_FILE_MODE)
                 if path == plan.backup_source:
                     backup_path = target
     for path, content, mode in plan.writes:
-        atomic_write(path, content, mode=mode)
+        files_mod.atomic_write(path, content, mode=mode)
     return backup_path
 
 

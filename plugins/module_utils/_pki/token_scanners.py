@@ -203,6 +203,16 @@ def env_var_roles(token_env_vars) -> dict:
     return roles
 
 
+def _token_variable(key: str, roles: dict):
+    """(role, reference) of an environment variable: a token variable itself (reference None), or its ``_FILE``
+    variant naming a file that holds the token (reference "file"); None for any other variable."""
+    if key in roles:
+        return roles[key], None
+    if key.endswith("_FILE") and key[:-5] in roles:
+        return roles[key[:-5]], "file"
+    return None
+
+
 _ENV_LINE = re.compile(r"^[ \t]*(?:export[ \t]+)?(?P<key>[A-Za-z_][A-Za-z0-9_]*)[ \t]*=[ \t]*")
 
 
@@ -215,12 +225,10 @@ def scan_env(text: str, *, token_env_vars, path: str = "env file") -> list:
         if not match:
             continue
         key = match.group("key")
-        if key in roles:
-            role, reference = roles[key], None
-        elif key.endswith("_FILE") and key[:-5] in roles:
-            role, reference = roles[key[:-5]], "file"
-        else:
+        named = _token_variable(key, roles)
+        if named is None:
             continue
+        role, reference = named
         index = match.end()
         first = content[index:index + 1]
         if first == '"':
@@ -398,12 +406,10 @@ def scan_unit(text: str, *, token_env_vars=(), path: str = "unit file") -> list:
                 key, sep, value = decoded.partition("=")
                 if not sep:
                     continue
-                if key in roles:
-                    role, reference = roles[key], None
-                elif key.endswith("_FILE") and key[:-5] in roles:
-                    role, reference = roles[key[:-5]], "file"
-                else:
+                named = _token_variable(key, roles)
+                if named is None:
                     continue
+                role, reference = named
                 line = _line_of(line_starts, offsets[len(key)])
                 occurrence = _word_occurrence(text, key, role, reference, line, value, offsets[len(key) + 1:])
                 if occurrence:

@@ -15,19 +15,7 @@ import pytest
 from ansible.plugins.callback import CallbackBase
 
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.ca_set import CASetRequest, apply_plan, plan_ca_set
-
-try:
-    from ansible.module_utils.testing import patch_module_args
-except ImportError:  # ansible-core before 2.19
-    import contextlib
-    from unittest import mock
-
-    from ansible.module_utils import basic
-
-    @contextlib.contextmanager
-    def patch_module_args(args):
-        with mock.patch.object(basic, "_ANSIBLE_ARGS", json.dumps({"ANSIBLE_MODULE_ARGS": args}).encode()):
-            yield
+from ansible_collections.kubepki.certs.tests.unit.module_args import patch_module_args
 
 FAST = {"root_key_type": "ecdsa-p256", "intermediate_key_type": "ecdsa-p256", "service_key_type": "ecdsa-p256"}
 OLD_HASH, NEW_HASH = "a" * 64, "b" * 64

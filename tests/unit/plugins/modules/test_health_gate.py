@@ -27,18 +27,7 @@ from ansible_collections.kubepki.certs.plugins.module_utils._pki.keys import (
 )
 from ansible_collections.kubepki.certs.plugins.modules import health_gate
 
-try:
-    from ansible.module_utils.testing import patch_module_args
-except ImportError:  # ansible-core before 2.19
-    import contextlib
-    from unittest import mock
-
-    from ansible.module_utils import basic
-
-    @contextlib.contextmanager
-    def patch_module_args(args):
-        with mock.patch.object(basic, "_ANSIBLE_ARGS", json.dumps({"ANSIBLE_MODULE_ARGS": args}).encode()):
-            yield
+from ansible_collections.kubepki.certs.tests.unit.module_args import patch_module_args
 
 
 # --- a local HTTPS server handing out a CA bundle, as k3s does on /cacerts ----------------------
