@@ -191,10 +191,9 @@ def build_default_k3s(openssl, tls: str) -> None:
 
 
 def _ec_key(openssl, path: str, key_format: str) -> str:
-    if key_format == "sec1":
-        openssl("ecparam", "-genkey", "-name", "prime256v1", "-noout", "-out", path)
-    else:
-        openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", path)
+    if key_format != "sec1":
+        return openssl.genkey(path, "ec")  # PKCS#8
+    openssl("ecparam", "-genkey", "-name", "prime256v1", "-noout", "-out", path)
     os.chmod(path, 0o600)
     return path
 

@@ -9,7 +9,6 @@ rotations is made with the openssl CLI the way contrib/util/rotate-default-ca-ce
 never with the collection's code. The double runs under Debian's /usr/bin/python3.
 """
 
-import contextlib
 import hashlib
 import json
 import os
@@ -194,16 +193,19 @@ class Lab:
             node.service("stop")
 
 
-@contextlib.contextmanager
-def running_lab(prefix):
-    """A Lab in a fresh temporary directory; afterwards every node is stopped and the directory removed."""
-    base = tempfile.mkdtemp(prefix=prefix)
-    the_lab = Lab(base)
-    try:
-        yield the_lab
-    finally:
-        the_lab.stop_all()
-        shutil.rmtree(base, ignore_errors=True)
+def lab_fixture(prefix):
+    """A module-scoped ``lab`` fixture: a Lab in a fresh temporary directory named after ``prefix``; afterwards
+    every node is stopped and the directory removed."""
+    @pytest.fixture(scope="module", name="lab")
+    def a_lab():
+        base = tempfile.mkdtemp(prefix=prefix)
+        the_lab = Lab(base)
+        try:
+            yield the_lab
+        finally:
+            the_lab.stop_all()
+            shutil.rmtree(base, ignore_errors=True)
+    return a_lab
 
 
 def diagnostics(node):
@@ -330,10 +332,7 @@ def stage_rotation(server, stage, product="k3s", cross_signed=True, keep_service
     return work
 
 
-@pytest.fixture(scope="module")
-def lab():
-    with running_lab("kubepki-double-") as the_lab:
-        yield the_lab
+lab = lab_fixture("kubepki-double-")
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 try:
-    from test_double import PYTHON, restarted, rotate_ca, running_lab, started  # pylint: disable=import-error,wrong-import-position
+    from test_double import PYTHON, lab_fixture, restarted, rotate_ca, started  # pylint: disable=import-error,wrong-import-position
 finally:
     sys.path.remove(HERE)
 
@@ -148,10 +148,7 @@ def stage_service_key(lab, *keys):
     return stage
 
 
-@pytest.fixture(scope="module")
-def lab():
-    with running_lab("kubepki-double-sa-") as the_lab:
-        yield the_lab
+lab = lab_fixture("kubepki-double-sa-")
 
 
 @pytest.fixture(scope="module")

@@ -73,6 +73,18 @@ func readCerts(path string) ([]*x509.Certificate, error) {
 	return certs, nil
 }
 
+// addCerts adds every certificate of the PEM file at path to pool.
+func addCerts(pool *x509.CertPool, path string) error {
+	certs, err := readCerts(path)
+	if err != nil {
+		return err
+	}
+	for _, c := range certs {
+		pool.AddCert(c)
+	}
+	return nil
+}
+
 func verify(args []string) int {
 	fs := flag.NewFlagSet("verify", flag.ExitOnError)
 	rootsFile := fs.String("roots", "", "PEM file of trusted roots")
@@ -91,22 +103,14 @@ func verify(args []string) int {
 		return 1
 	}
 	opts := x509.VerifyOptions{Roots: x509.NewCertPool(), Intermediates: x509.NewCertPool(), DNSName: *dnsName}
-	roots, err := readCerts(*rootsFile)
-	if err != nil {
+	if err := addCerts(opts.Roots, *rootsFile); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	for _, c := range roots {
-		opts.Roots.AddCert(c)
-	}
 	if *intermediatesFile != "" {
-		intermediates, err := readCerts(*intermediatesFile)
-		if err != nil {
+		if err := addCerts(opts.Intermediates, *intermediatesFile); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
-		}
-		for _, c := range intermediates {
-			opts.Intermediates.AddCert(c)
 		}
 	}
 	// Further certificates in the CERT file are sent along as a peer would send its chain.
