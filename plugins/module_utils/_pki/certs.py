@@ -11,6 +11,18 @@ import datetime
 import hashlib
 import ipaddress
 
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.deps import (
+    ExtendedKeyUsageOID,
+    InvalidSignature,
+    NameOID,
+    ec,
+    ed448,
+    ed25519,
+    padding,
+    rsa,
+    serialization,
+    x509,
+)
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.errors import InvalidInputError
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.keys import signature_hash_for
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.pem import (
@@ -19,14 +31,6 @@ from ansible_collections.kubepki.certs.plugins.module_utils._pki.pem import (
     normalise_block,
 )
 
-try:
-    from cryptography import x509
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-except ImportError:  # reported by deps.cryptography_problem() at the module edge
-    pass
 
 # Backdating absorbs clock skew between the node that issues and the nodes that verify.
 BACKDATE = datetime.timedelta(minutes=5)

@@ -23,13 +23,9 @@ from ansible_collections.kubepki.certs.plugins.module_utils._pki.certs import (
     subject_key_id,
     utcnow,
 )
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.deps import ExtendedKeyUsageOID, x509
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.keys import public_key_der
 
-try:
-    from cryptography import x509
-    from cryptography.x509.oid import ExtendedKeyUsageOID
-except ImportError:  # reported by deps.cryptography_problem() at the module edge
-    pass
 
 _MAX_CHAIN_DEPTH = 10
 

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.deps import ec, hashes, rsa, serialization, x509
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.errors import InvalidInputError
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.pem import (
     PRIVATE_KEY_LABELS,
@@ -14,12 +15,6 @@ from ansible_collections.kubepki.certs.plugins.module_utils._pki.pem import (
     blocks_with_labels,
 )
 
-try:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
-except ImportError:  # reported by deps.cryptography_problem() at the module edge
-    pass
 
 KEY_TYPES = ("ecdsa-p256", "ecdsa-p384", "rsa-2048", "rsa-3072", "rsa-4096")
 KEY_FORMATS = ("traditional", "pkcs8")
