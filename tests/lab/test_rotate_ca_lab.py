@@ -814,89 +814,69 @@ def cross_sign_lab(work_dir, harness, name, subnet, program):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# A and B share their first seven steps; each scenario class gives the class-scoped ``lab`` fixture. pytest collects
+# a base class's tests before the subclass's own, so the steps keep their numbered order.
+
+
+class CrossSignSteps:
+    """Steps 01-07 of a cross-sign rotation on a 3 + 2 lab on the default self-signed CAs (not collected itself)."""
+
+    def test_01_check_mode_changes_no_file(self, lab):
+        step_check_mode(lab)
+
+    def test_02_token_before_rotation(self, lab):
+        step_token_before_rotation(lab)
+
+    def test_03_rotate_under_probe(self, lab, work_dir):
+        step_rotate(lab, work_dir)
+
+    def test_04_every_node_has_the_new_token(self, lab):
+        step_new_tokens(lab)
+
+    def test_05_every_leaf_chains_to_the_new_intermediates(self, lab, work_dir):
+        step_leaves(lab, work_dir)
+
+    def test_06_second_run_changes_nothing(self, lab):
+        step_second_run(lab)
+
+    def test_07_service_key_rotation_restarts_servers_only(self, lab):
+        step_service_key_rotation(lab)
+
+
 # A: k3s, 3 servers + 2 agents, default CAs
-
-
-@pytest.fixture(scope="class")
-def k3s_lab(work_dir, lab_harness):
-    yield from cross_sign_lab(work_dir, lab_harness, "kpra", "10.123.120.0/24", "k3s")
-
-
 @pytest.mark.scenario
-class TestK3sCrossSign:
+class TestK3sCrossSign(CrossSignSteps):
     """A. k3s 3 + 2 on the default self-signed CAs."""
 
-    def test_01_check_mode_changes_no_file(self, k3s_lab):
-        step_check_mode(k3s_lab)
+    @pytest.fixture(scope="class")
+    def lab(self, work_dir, lab_harness):
+        yield from cross_sign_lab(work_dir, lab_harness, "kpra", "10.123.120.0/24", "k3s")
 
-    def test_02_token_before_rotation(self, k3s_lab):
-        step_token_before_rotation(k3s_lab)
+    def test_08_rotate_certs_reissues_leaves_under_the_same_cas(self, lab):
+        step_rotate_certs(lab)
 
-    def test_03_rotate_under_probe(self, k3s_lab, work_dir):
-        step_rotate(k3s_lab, work_dir)
-
-    def test_04_every_node_has_the_new_token(self, k3s_lab):
-        step_new_tokens(k3s_lab)
-
-    def test_05_every_leaf_chains_to_the_new_intermediates(self, k3s_lab, work_dir):
-        step_leaves(k3s_lab, work_dir)
-
-    def test_06_second_run_changes_nothing(self, k3s_lab):
-        step_second_run(k3s_lab)
-
-    def test_07_service_key_rotation_restarts_servers_only(self, k3s_lab):
-        step_service_key_rotation(k3s_lab)
-
-    def test_08_rotate_certs_reissues_leaves_under_the_same_cas(self, k3s_lab):
-        step_rotate_certs(k3s_lab)
-
-    def test_09_failing_gate_on_server2_leaves_the_rest_untouched(self, k3s_lab):
-        step_failing_gate_on_server2(k3s_lab)
+    def test_09_failing_gate_on_server2_leaves_the_rest_untouched(self, lab):
+        step_failing_gate_on_server2(lab)
 
 
-# ----------------------------------------------------------------------------------------------------------------
 # B: RKE2, 3 servers + 2 agents, default CAs
-
-
-@pytest.fixture(scope="class")
-def rke2_lab(work_dir, lab_harness):
-    yield from cross_sign_lab(work_dir, lab_harness, "kprb", "10.123.121.0/24", "rke2")
-
-
 @pytest.mark.scenario
-class TestRke2CrossSign:
+class TestRke2CrossSign(CrossSignSteps):
     """B. RKE2 3 + 2 on the default self-signed CAs (-e kubepki_distribution=rke2): A's steps, and rollback.yml
     after the service-key rotation (back to the CAs the failing-gate rotation then starts from)."""
 
-    def test_01_check_mode_changes_no_file(self, rke2_lab):
-        step_check_mode(rke2_lab)
+    @pytest.fixture(scope="class")
+    def lab(self, work_dir, lab_harness):
+        yield from cross_sign_lab(work_dir, lab_harness, "kprb", "10.123.121.0/24", "rke2")
 
-    def test_02_token_before_rotation(self, rke2_lab):
-        step_token_before_rotation(rke2_lab)
+    def test_08_rollback_restores_the_original_cas_and_tokens(self, lab, work_dir):
+        step_rollback(lab, work_dir)
 
-    def test_03_rotate_under_probe(self, rke2_lab, work_dir):
-        step_rotate(rke2_lab, work_dir)
+    def test_09_rollback_with_an_overridden_backup_dir(self, lab):
+        step_rollback_with_overridden_backup_dir(lab)
 
-    def test_04_every_node_has_the_new_token(self, rke2_lab):
-        step_new_tokens(rke2_lab)
-
-    def test_05_every_leaf_chains_to_the_new_intermediates(self, rke2_lab, work_dir):
-        step_leaves(rke2_lab, work_dir)
-
-    def test_06_second_run_changes_nothing(self, rke2_lab):
-        step_second_run(rke2_lab)
-
-    def test_07_service_key_rotation_restarts_servers_only(self, rke2_lab):
-        step_service_key_rotation(rke2_lab)
-
-    def test_08_rollback_restores_the_original_cas_and_tokens(self, rke2_lab, work_dir):
-        step_rollback(rke2_lab, work_dir)
-
-    def test_09_rollback_with_an_overridden_backup_dir(self, rke2_lab):
-        step_rollback_with_overridden_backup_dir(rke2_lab)
-
-    def test_10_failing_gate_on_server2_leaves_the_rest_untouched(self, rke2_lab):
-        step_failing_gate_on_server2(rke2_lab)
+    def test_10_failing_gate_on_server2_leaves_the_rest_untouched(self, lab):
+        step_failing_gate_on_server2(lab)
 
 
 # ----------------------------------------------------------------------------------------------------------------
