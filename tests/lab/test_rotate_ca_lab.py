@@ -819,7 +819,14 @@ def cross_sign_lab(work_dir, harness, name, subnet, program):
 
 
 class CrossSignSteps:
-    """Steps 01-07 of a cross-sign rotation on a 3 + 2 lab on the default self-signed CAs (not collected itself)."""
+    """Steps 01-07 of a cross-sign rotation on a 3 + 2 lab on the default self-signed CAs (not collected itself).
+    A scenario class names its lab in ``LAB``: (lab name, subnet, distribution)."""
+
+    LAB: tuple = ()
+
+    @pytest.fixture(scope="class")
+    def lab(self, request, work_dir, lab_harness):
+        yield from cross_sign_lab(work_dir, lab_harness, *request.cls.LAB)
 
     def test_01_check_mode_changes_no_file(self, lab):
         step_check_mode(lab)
@@ -848,9 +855,7 @@ class CrossSignSteps:
 class TestK3sCrossSign(CrossSignSteps):
     """A. k3s 3 + 2 on the default self-signed CAs."""
 
-    @pytest.fixture(scope="class")
-    def lab(self, work_dir, lab_harness):
-        yield from cross_sign_lab(work_dir, lab_harness, "kpra", "10.123.120.0/24", "k3s")
+    LAB = ("kpra", "10.123.120.0/24", "k3s")
 
     def test_08_rotate_certs_reissues_leaves_under_the_same_cas(self, lab):
         step_rotate_certs(lab)
@@ -865,9 +870,7 @@ class TestRke2CrossSign(CrossSignSteps):
     """B. RKE2 3 + 2 on the default self-signed CAs (-e kubepki_distribution=rke2): A's steps, and rollback.yml
     after the service-key rotation (back to the CAs the failing-gate rotation then starts from)."""
 
-    @pytest.fixture(scope="class")
-    def lab(self, work_dir, lab_harness):
-        yield from cross_sign_lab(work_dir, lab_harness, "kprb", "10.123.121.0/24", "rke2")
+    LAB = ("kprb", "10.123.121.0/24", "rke2")
 
     def test_08_rollback_restores_the_original_cas_and_tokens(self, lab, work_dir):
         step_rollback(lab, work_dir)

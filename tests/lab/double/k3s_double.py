@@ -1370,19 +1370,21 @@ def validate_bootstrap(old, new):
     return errs
 
 
+def parse_pair(parse, old_path, new_path):
+    """(old, new, None) parsed with parse(bytes), or (None, None, error) for the first file that fails."""
+    try:
+        return parse(read_bytes(old_path)), parse(read_bytes(new_path)), None
+    except (OSError, ValueError) as exc:
+        return None, None, str(exc)
+
+
 def validate_ca(old_path, new_path):
     if old_path == new_path:
         return None
-    try:
-        old_certs = parse_certs(read_bytes(old_path))
-    except (OSError, ValueError) as exc:
-        return str(exc)
-    try:
-        new_certs = parse_certs(read_bytes(new_path))
-    except (OSError, ValueError) as exc:
-        return str(exc)
-    if len(new_certs) == 1:
-        return "new CA bundle contains only a single certificate but should include root or intermediate CA certificates"
+    old_certs, new_certs, err = parse_pair(parse_certs, old_path, new_path)
+    if err or len(new_certs) == 1:
+        return err or ("new CA bundle contains only a single certificate but should include root or intermediate CA "
+                       "certificates")
     roots, inter = split_roots(old_certs)
     inter = list(inter) + [cert for cert in new_certs[1:] if aki(cert)]
     try:
@@ -1426,11 +1428,9 @@ def validate_ca_key(old_ca, old_key, new_ca, new_key):
 def validate_service_key(old_path, new_path):
     if old_path == new_path:
         return None
-    try:
-        old_keys = public_keys_from_pem(read_bytes(old_path))
-        new_keys = public_keys_from_pem(read_bytes(new_path))
-    except (OSError, ValueError) as exc:
-        return str(exc)
+    old_keys, new_keys, err = parse_pair(public_keys_from_pem, old_path, new_path)
+    if err:
+        return err
     first = pub_der(old_keys[0])
     if any(pub_der(key) == first for key in new_keys):
         return None
