@@ -148,4 +148,4 @@ else
     log "wrote get-pip shim: ${SHIM} (pip ${pip_version})"
 fi
 
-log "done: $("${VENV}/bin/ansible" --version | head -n 1)"
+log "done: $("${VENV}/bin/ansible" --version | sed -n 1p)"
