@@ -818,15 +818,17 @@ def cross_sign_lab(work_dir, harness, name, subnet, program):
 # a base class's tests before the subclass's own, so the steps keep their numbered order.
 
 
+@pytest.fixture(scope="class")
+def lab(request, work_dir, lab_harness):
+    """The lab of a CrossSignSteps scenario class, as its ``LAB`` names it."""
+    yield from cross_sign_lab(work_dir, lab_harness, *request.cls.LAB)
+
+
 class CrossSignSteps:
     """Steps 01-07 of a cross-sign rotation on a 3 + 2 lab on the default self-signed CAs (not collected itself).
     A scenario class names its lab in ``LAB``: (lab name, subnet, distribution)."""
 
     LAB: tuple = ()
-
-    @pytest.fixture(scope="class")
-    def lab(self, request, work_dir, lab_harness):
-        yield from cross_sign_lab(work_dir, lab_harness, *request.cls.LAB)
 
     def test_01_check_mode_changes_no_file(self, lab):
         step_check_mode(lab)
