@@ -102,10 +102,12 @@ options:
     default: true
   backup_dir:
     description:
-      - Copy each file into this directory at its absolute path instead (mode 0600, directories 0700), for example
-        C(/var/lib/kubepki/backup/<rotation id>) so the file lands in
+      - Copy every token file found, changed or not, into this directory at its absolute path instead (mode 0600,
+        directories 0700), for example C(/var/lib/kubepki/backup/<rotation id>) so the file lands in
         C(/var/lib/kubepki/backup/<rotation id>/etc/rancher/k3s/config.yaml). The layout of M(kubepki.certs.backup),
-        which C(playbooks/rollback.yml) restores from. Takes precedence over O(backup).
+        which the C(kubepki.certs.rollback) role restores from. Takes precedence over O(backup).
+      - A copy already there is kept (the first copy is the state before the rotation; a rerun does not replace it
+        with what the first run wrote). Copies count as a change.
     type: path
 notes:
   - Files are written through a temporary file that is renamed into place, keeping mode and owner. Symbolic links
@@ -166,7 +168,8 @@ changed_files:
   type: list
   elements: str
 backup_files:
-  description: Backups written before rewriting.
+  description: Backups written before rewriting (with O(backup_dir), every copy added to it; in check mode, those it
+    would add).
   returned: always
   type: list
   elements: str
@@ -193,6 +196,7 @@ from ansible_collections.kubepki.certs.plugins.module_utils._pki.token_grammar i
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.token_locations import discover_locations
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.token_plan import (
     apply_token_plan,
+    pending_backups,
     plan_diff,
     plan_join_tokens,
     plan_report,
@@ -252,12 +256,15 @@ def main():
     result["backup_files"] = []
     for warning in plan.warnings:
         module.warn(warning)
-    if plan.changed and not module.check_mode:
+    pending = pending_backups(plan, params["backup_dir"])
+    if (plan.changed or pending) and not module.check_mode:
         result["backup_files"] = run_engine(module, apply_token_plan, plan, backup=params["backup"],
                                             backup_root=params["backup_dir"])
+    elif pending:
+        result["backup_files"] = pending
     if module._diff and plan.changed:
         result["diff"] = plan_diff(plan)
-    module.exit_json(changed=plan.changed, **result)
+    module.exit_json(changed=plan.changed or bool(pending), **result)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,6 @@ import ssl
 from urllib.error import URLError
 
 from ansible.module_utils.basic import missing_required_lib
-from ansible.module_utils.urls import ConnectionError as UrlsConnectionError
-from ansible.module_utils.urls import open_url
 
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.deps import (
     CRYPTOGRAPHY_IMPORT_ERROR,
@@ -59,6 +57,10 @@ def kubectl_command(module, layout) -> list | None:
 
 def fetch_cacerts(url: str, ca_file: str, timeout: float):
     """(body, None) or (None, why): verification failures are reported, never bypassed."""
+    # Imported here: only the gate fetches, and ansible's urls costs every other module call ~0.1 s of import.
+    from ansible.module_utils.urls import ConnectionError as UrlsConnectionError
+    from ansible.module_utils.urls import open_url
+
     if not os.path.isfile(ca_file):
         return None, "CA file %s: No such file or directory" % ca_file
     try:

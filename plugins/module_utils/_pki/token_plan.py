@@ -322,23 +322,39 @@ def apply_token_plan(plan: TokenPlan, *, backup: bool = True, backup_suffix: str
                      backup_root: str | None = None) -> list:
     """Write every changed file atomically with its mode (owner kept); back it up first. Returns backups.
 
-    With ``backup_root`` the copy lands where ``trees.BackupTree.copy_of`` puts it (the backup tree rollback
-    restores from); otherwise next to the file as ``<file>.<UTC time>.bak``."""
+    With ``backup_root`` every file of the plan that holds a token, changed or not, gets a copy where ``trees.BackupTree.copy_of`` puts
+    it (the backup tree rollback restores from), unless one is there already: the first copy is the state before the
+    rotation, and a rerun must not replace it with what the first run wrote. Otherwise a changed file is copied next
+    to itself as ``<file>.<UTC time>.bak``."""
     suffix = backup_suffix or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     backups = []
     for file_plan in plan.files:
+        if backup_root and _holds_token(file_plan):
+            target = backup_tree(backup_root).copy_of(file_plan.realpath)
+            if not os.path.exists(target):
+                write_backup([(target, file_plan.before, PRIVATE_FILE_MODE)])
+                backups.append(target)
         if not file_plan.changed:
             continue
-        if backup_root:
-            target = backup_tree(backup_root).copy_of(file_plan.realpath)
-            write_backup([(target, file_plan.before, PRIVATE_FILE_MODE)])
-            backups.append(target)
-        elif backup:
+        if not backup_root and backup:
             target = "%s.%s.bak" % (file_plan.realpath, suffix)
             atomic_write(target, file_plan.before, mode=PRIVATE_FILE_MODE)
             backups.append(target)
         atomic_write(file_plan.realpath, file_plan.after, mode=file_plan.mode)
     return backups
+
+
+def pending_backups(plan: TokenPlan, backup_root: str | None) -> list:
+    """The copies ``apply_token_plan`` would add to the backup tree (none without ``backup_root``)."""
+    if not backup_root:
+        return []
+    tree = backup_tree(backup_root)
+    return [tree.copy_of(f.realpath) for f in plan.files
+            if _holds_token(f) and not os.path.exists(tree.copy_of(f.realpath))]
+
+
+def _holds_token(file_plan: FilePlan) -> bool:
+    return file_plan.exists and any(location.status not in (MISSING, NO_TOKEN) for location in file_plan.locations)
 
 
 def plan_report(plan: TokenPlan) -> dict:

@@ -540,7 +540,8 @@ def test_backup_root_copies_changed_files_at_their_real_path(tmp_path):
 
     config_copy = str(root) + os.path.realpath(str(config))
     token_copy = str(root) + os.path.realpath(str(real_token))
-    assert backups == [config_copy, token_copy]
+    unchanged_copy = str(root) + os.path.realpath(str(unchanged))
+    assert backups == [config_copy, unchanged_copy, token_copy]
     with open(config_copy) as handle:
         assert handle.read() == config_before
     with open(token_copy) as handle:
@@ -551,8 +552,10 @@ def test_backup_root_copies_changed_files_at_their_real_path(tmp_path):
     assert _mode(root) == 0o700
     assert _mode(os.path.dirname(config_copy)) == 0o700
     assert _mode(os.path.dirname(token_copy)) == 0o700
-    # Unchanged files and files without a token are not copied; nothing lands next to the originals.
-    assert not os.path.exists(str(root) + os.path.realpath(str(unchanged)))
+    # A file whose token does not change is copied too (rollback restores every token location); a file without a
+    # token is not; nothing lands next to the originals.
+    with open(unchanged_copy) as handle:
+        assert handle.read() == "token: %s\n" % secure(ca_hash=NEW)
     assert not os.path.exists(str(root) + os.path.realpath(str(no_token)))
     assert sorted(os.listdir(str(etc))) == ["already.yaml", "config.yaml", "labels.yaml"]
     assert not [name for name in os.listdir(str(tmp_path / "server")) if name.endswith(".bak")]
@@ -585,6 +588,28 @@ def test_backup_root_rerun_after_rewrite_copies_nothing(tmp_path):
     # The first copy (the pre-rotation content) is still there, not overwritten.
     with open(copy) as handle:
         assert handle.read() == "token: %s\n" % secure()
+
+
+def test_backup_root_copy_already_there_is_kept_and_pending_lists_the_missing(tmp_path):
+    first = tmp_path / "first.yaml"
+    first.write_text("token: %s\n" % secure())
+    second = tmp_path / "second.yaml"
+    second.write_text("token: %s\n" % secure(ca_hash=NEW))
+    root = tmp_path / "b"
+    first_copy = str(root) + os.path.realpath(str(first))
+    second_copy = str(root) + os.path.realpath(str(second))
+    os.makedirs(os.path.dirname(first_copy))
+    with open(first_copy, "w") as handle:
+        handle.write("an earlier copy")
+    plan = token_plan.plan_join_tokens(new_hash=NEW, config_files=[str(first), str(second)])
+    assert token_plan.pending_backups(plan, str(root)) == [second_copy]
+    assert token_plan.pending_backups(plan, None) == []
+    assert token_plan.apply_token_plan(plan, backup_root=str(root)) == [second_copy]
+    with open(first_copy) as handle:
+        assert handle.read() == "an earlier copy"
+    assert first.read_text() == "token: %s\n" % secure(ca_hash=NEW)
+    assert token_plan.pending_backups(token_plan.plan_join_tokens(new_hash=NEW, config_files=[str(first), str(second)]),
+                                      str(root)) == []
 
 
 def test_without_backup_root_the_copy_stays_next_to_the_file(tmp_path):
