@@ -312,6 +312,15 @@ step_units_debian_crypto() {
 }
 step_pytest_roles() { pytest_suite tests/roles; }
 
+# kubeadm built from k8s.io/kubernetes (tests/kube/build.sh; cached per version in the clone's .cache/kube, so
+# only the first run on a machine builds), then the tests judged by it.
+step_pytest_kube() {
+    need_stage
+    export KUBEPKI_KUBE_CACHE="${ROOT}/.cache/kube"
+    bash "${COLL}/tests/kube/build.sh" kubeadm
+    pytest_suite tests/kube
+}
+
 step_ansible_lint() {
     need_stage
     # --offline keeps ansible-lint from installing anything; the staged tree makes the collection's
@@ -379,6 +388,7 @@ run_step "ansible-test integration" step_integration 1200
 run_step "pytest tests/interop" step_pytest_interop 1200
 run_step "pytest tests/lab" step_pytest_lab 3600
 run_step "pytest tests/roles" step_pytest_roles 1800
+run_step "pytest tests/kube (real kubeadm)" step_pytest_kube 2400
 run_step "ansible-lint" step_ansible_lint 900
 run_step "antsibull-changelog lint" step_changelog_lint 300
 run_step "antsibull-docs lint" step_docs_lint 600

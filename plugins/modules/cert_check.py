@@ -83,6 +83,12 @@ options:
       - C(MISSING) files never fail the task.
     type: bool
     default: false
+  kubeadm_output:
+    description:
+      - Also return RV(kubeadm_expiration_info), the C(CertificateExpirationInfo) object that
+        C(kubeadm certs check-expiration -o json) prints for the node (O(distribution=kubeadm) only).
+    type: bool
+    default: false
   fail_on_unchained:
     description:
       - Fail the task when a leaf certificate (not a CA, not self-signed) was issued by none of the CAs examined on
@@ -265,6 +271,23 @@ kubeconfigs:
   elements: dict
   sample: [{"path": "/etc/rancher/k3s/k3s.yaml", "embedded": true, "clusters": ["default"], "users": ["default"],
             "referenced_files": [], "error": null}]
+kubeadm_expiration_info:
+  description:
+    - With O(kubeadm_output=true), the report in kubeadm's own shape (C(output.kubeadm.k8s.io/v1alpha3)
+      C(CertificateExpirationInfo)), as C(kubeadm certs check-expiration -o json) prints it on the node.
+    - C(certificates) are the leaves and kubeconfigs kubeadm renews (C(apiserver), C(etcd-server), C(admin.conf), ...;
+      the etcd ones only with a local etcd, that is the etcd static pod manifest or the etcd CA on the node),
+      C(certificateAuthorities) the CAs C(ca), C(etcd-ca), C(front-proxy-ca), each sorted by name.
+    - Each item has C(name), C(expirationDate) (RFC 3339, UTC, null when missing), C(residualTime) (seconds),
+      C(externallyManaged) (its CA's certificate is there without its key), C(caName) (leaves) and C(missing)
+      (absent or unreadable).
+  returned: when O(kubeadm_output=true)
+  type: dict
+  sample: {"kind": CertificateExpirationInfo, "apiVersion": output.kubeadm.k8s.io/v1alpha3,
+           "certificates": [{"name": admin.conf, "expirationDate": "2027-12-03T15:48:55Z", "residualTime": 31535998,
+                             "externallyManaged": false, "caName": ca, "missing": false}],
+           "certificateAuthorities": [{"name": ca, "expirationDate": "2036-12-01T15:48:45Z",
+                                       "residualTime": 315359988, "externallyManaged": false, "missing": false}]}
 scanned_dirs:
   description: The directories that were examined.
   returned: always
@@ -272,22 +295,20 @@ scanned_dirs:
   elements: str
 """
 
+import datetime
+
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.expiry import check_expiration
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.expiry_report import (
     describe_failures,
+    entry_label,
     threshold_failures,
     unchained_leaves,
 )
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.kubeadm_expiry import kubeadm_expiration_info
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.layout import DISTRIBUTIONS, get_layout
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.module_edge import require_cryptography, run_engine
-
-
-def _label(entry: dict) -> str:
-    if entry.get("kubeconfig_entry"):
-        return "%s#%s" % (entry["path"], entry["kubeconfig_entry"])
-    return entry["path"]
 
 
 def main():
@@ -301,6 +322,7 @@ def main():
             fail_days=dict(type="int", default=7),
             fail_on_threshold=dict(type="bool", default=False),
             fail_on_unchained=dict(type="bool", default=False),
+            kubeadm_output=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
     )
@@ -308,12 +330,17 @@ def main():
     params = module.params
     if params["only_paths"] and not params["paths"]:
         module.fail_json(msg="only_paths=true needs at least one entry in paths")
+    if params["kubeadm_output"] and params["distribution"] != "kubeadm":
+        module.fail_json(msg="kubeadm_output=true needs distribution=kubeadm")
     layout = run_engine(module, get_layout, params["distribution"], data_dir=params["data_dir"])
+    now = datetime.datetime.now(datetime.timezone.utc)
     report = run_engine(module, check_expiration, layout, paths=params["paths"], only_paths=params["only_paths"],
-                        warn_days=params["warn_days"])
+                        warn_days=params["warn_days"], now=now)
     failing = threshold_failures(report["certificates"], fail_days=params["fail_days"])
-    unchained = [_label(entry) for entry in unchained_leaves(report["certificates"])]
-    result = dict(report, threshold_failures=[_label(entry) for entry in failing], unchained=unchained)
+    unchained = [entry_label(entry) for entry in unchained_leaves(report["certificates"])]
+    result = dict(report, threshold_failures=[entry_label(entry) for entry in failing], unchained=unchained)
+    if params["kubeadm_output"]:
+        result["kubeadm_expiration_info"] = kubeadm_expiration_info(layout, report["certificates"], now=now)
     if params["fail_on_threshold"] and failing:
         module.fail_json(msg=describe_failures(failing, fail_days=params["fail_days"]), **result)
     if params["fail_on_unchained"] and unchained:

@@ -2,7 +2,9 @@
 # Builds the real Kubernetes control-plane binaries (kubeadm, kube-apiserver, kube-controller-manager,
 # kube-scheduler) from the Go module k8s.io/kubernetes, and etcd from go.etcd.io/etcd/server/v3, at the
 # versions pinned in tests/kube/go.mod. Binaries are cached per version under $KUBEPKI_KUBE_CACHE
-# (default <repo>/.cache/kube/<k8s version>); a rebuild happens only when the version changes.
+# (default <repo>/.cache/kube/<k8s version>, etcd as etcd-<etcd version>); a binary is built only when it is
+# not there for its version. Arguments name the binaries to build (default: all of kubeadm kube-apiserver
+# kube-controller-manager kube-scheduler etcd), so CI builds only what its tests run.
 # Prints the cache dir on the last line of stdout; the build times go to stderr.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -16,16 +18,29 @@ if [ -z "${K8S_VERSION}" ] || [ -z "${ETCD_VERSION}" ]; then
     exit 1
 fi
 CACHE="${KUBEPKI_KUBE_CACHE:-${ROOT}/.cache/kube}/${K8S_VERSION}"
-COMPONENTS=(kubeadm kube-apiserver kube-controller-manager kube-scheduler)
+ALL=(kubeadm kube-apiserver kube-controller-manager kube-scheduler etcd)
+if [ "$#" -gt 0 ]; then WANTED=("$@"); else WANTED=("${ALL[@]}"); fi
 
 log() { printf 'tests/kube/build.sh: %s\n' "$*" >&2; }
 
-if [ -f "${CACHE}/.complete" ]; then
-    log "cached: ${CACHE} (k8s ${K8S_VERSION}, etcd ${ETCD_VERSION})"
+target_of() {  # the cached file of one binary: etcd carries its own version in the name
+    if [ "$1" = etcd ]; then echo "${CACHE}/etcd-${ETCD_VERSION}"; else echo "${CACHE}/$1"; fi
+}
+
+missing=()
+for name in "${WANTED[@]}"; do
+    case " ${ALL[*]} " in *" ${name} "*) ;; *) log "ERROR: unknown binary ${name} (one of: ${ALL[*]})"; exit 2 ;; esac
+    [ -x "$(target_of "${name}")" ] || missing+=("${name}")
+done
+if [ "${#missing[@]}" -eq 0 ]; then
+    log "cached: ${CACHE} (k8s ${K8S_VERSION}, etcd ${ETCD_VERSION}): ${WANTED[*]}"
     echo "${CACHE}"
     exit 0
 fi
+# The upstream Go install wins over Debian's golang-go (1.19, too old for go.mod's "go 1.26").
+if [ -x /usr/local/go/bin/go ]; then PATH="/usr/local/go/bin:${PATH}"; fi
 command -v go >/dev/null || { log "ERROR: go is not on PATH (Go 1.26 or newer is needed)"; exit 1; }
+log "$(go version), GOPROXY=$(go env GOPROXY)"
 mkdir -p "${CACHE}"
 # kubeadm and the components read their own version (kubeadm refuses to guess one otherwise): stamp it
 # the way the upstream release build does.
@@ -36,16 +51,16 @@ ldflags="-s -w -X ${pkg}.gitVersion=${K8S_VERSION} -X ${pkg}.gitMajor=1 -X ${pkg
 cd "${HERE}"
 export GOFLAGS="-mod=mod -trimpath"
 total_start=$(date +%s)
-for name in "${COMPONENTS[@]}"; do
+for name in "${missing[@]}"; do
     start=$(date +%s)
-    go build -ldflags "${ldflags}" -o "${CACHE}/${name}.tmp" "k8s.io/kubernetes/cmd/${name}"
-    mv "${CACHE}/${name}.tmp" "${CACHE}/${name}"
-    log "built ${name} in $(( $(date +%s) - start )) s ($(du -h "${CACHE}/${name}" | cut -f1))"
+    target="$(target_of "${name}")"
+    if [ "${name}" = etcd ]; then
+        go build -ldflags "-s -w" -o "${target}.tmp" ./cmd/etcd
+    else
+        go build -ldflags "${ldflags}" -o "${target}.tmp" "k8s.io/kubernetes/cmd/${name}"
+    fi
+    mv "${target}.tmp" "${target}"  # atomic: a binary in the cache is always a complete one
+    log "built ${name} in $(( $(date +%s) - start )) s ($(du -h "${target}" | cut -f1))"
 done
-start=$(date +%s)
-go build -ldflags "-s -w" -o "${CACHE}/etcd.tmp" ./cmd/etcd
-mv "${CACHE}/etcd.tmp" "${CACHE}/etcd"
-log "built etcd ${ETCD_VERSION} in $(( $(date +%s) - start )) s ($(du -h "${CACHE}/etcd" | cut -f1))"
-log "all binaries built in $(( $(date +%s) - total_start )) s (cold when the Go module and build caches were empty)"
-printf '%s %s\n' "${K8S_VERSION}" "${ETCD_VERSION}" > "${CACHE}/.complete"
+log "built ${missing[*]} in $(( $(date +%s) - total_start )) s (cold when the Go module and build caches were empty)"
 echo "${CACHE}"

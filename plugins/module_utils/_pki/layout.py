@@ -39,11 +39,13 @@ class CAFile:
 
 @dataclass(frozen=True)
 class LeafFile:
-    """A leaf certificate the distribution issues, with the CA (by ``CAFile.name``) that signs it."""
+    """A leaf certificate the distribution issues, with the CA (by ``CAFile.name``) that signs it, and the name the
+    distribution's own tools give it (kubeadm's certificate names; None where a tool has none)."""
 
     cert: str
     key: str
     ca: str
+    name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -220,13 +222,13 @@ def _kubeadm_layout(data_dir: str | None) -> Layout:
         CAFile("etcd-ca", "etcd/ca.crt", "etcd/ca.key", "etcd-ca"),
     )
     leaves = (
-        LeafFile("apiserver.crt", "apiserver.key", "ca"),
-        LeafFile("apiserver-kubelet-client.crt", "apiserver-kubelet-client.key", "ca"),
-        LeafFile("front-proxy-client.crt", "front-proxy-client.key", "front-proxy-ca"),
-        LeafFile("etcd/server.crt", "etcd/server.key", "etcd-ca"),
-        LeafFile("etcd/peer.crt", "etcd/peer.key", "etcd-ca"),
-        LeafFile("etcd/healthcheck-client.crt", "etcd/healthcheck-client.key", "etcd-ca"),
-        LeafFile("apiserver-etcd-client.crt", "apiserver-etcd-client.key", "etcd-ca"),
+        LeafFile("apiserver.crt", "apiserver.key", "ca", "apiserver"),
+        LeafFile("apiserver-kubelet-client.crt", "apiserver-kubelet-client.key", "ca", "apiserver-kubelet-client"),
+        LeafFile("front-proxy-client.crt", "front-proxy-client.key", "front-proxy-ca", "front-proxy-client"),
+        LeafFile("etcd/server.crt", "etcd/server.key", "etcd-ca", "etcd-server"),
+        LeafFile("etcd/peer.crt", "etcd/peer.key", "etcd-ca", "etcd-peer"),
+        LeafFile("etcd/healthcheck-client.crt", "etcd/healthcheck-client.key", "etcd-ca", "etcd-healthcheck-client"),
+        LeafFile("apiserver-etcd-client.crt", "apiserver-etcd-client.key", "etcd-ca", "apiserver-etcd-client"),
     )
     return Layout(
         distribution="kubeadm", program="kubeadm", data_dir=base, tls_dir=pki, config_dir=base, cas=cas,
@@ -243,6 +245,10 @@ def _kubeadm_layout(data_dir: str | None) -> Layout:
         token_env_vars=(), force_restart_file=None,
         kubectl=("kubectl", "--kubeconfig", os.path.join(base, "admin.conf")),
         api_ca="ca",
+        # The kubeconfigs whose client certificate kubeadm renews and reports (kubelet.conf is the kubelet's own),
+        # signed by "ca"; the etcd static pod manifest, whose presence means a local (stacked) etcd.
+        extra={"renewable_kubeconfigs": ("admin.conf", "super-admin.conf", "controller-manager.conf", "scheduler.conf"),
+               "etcd_manifest": os.path.join(base, "manifests", "etcd.yaml")},
     )
 
 
