@@ -89,6 +89,7 @@ options:
         C(kubeadm certs check-expiration -o json) prints for the node (O(distribution=kubeadm) only).
     type: bool
     default: false
+    version_added: 0.3.0
   fail_on_unchained:
     description:
       - Fail the task when a leaf certificate (not a CA, not self-signed) was issued by none of the CAs examined on
@@ -283,6 +284,7 @@ kubeadm_expiration_info:
       (absent or unreadable).
   returned: when O(kubeadm_output=true)
   type: dict
+  version_added: 0.3.0
   sample: {"kind": CertificateExpirationInfo, "apiVersion": output.kubeadm.k8s.io/v1alpha3,
            "certificates": [{"name": admin.conf, "expirationDate": "2027-12-03T15:48:55Z", "residualTime": 31535998,
                              "externallyManaged": false, "caName": ca, "missing": false}],
@@ -307,7 +309,7 @@ from ansible_collections.kubepki.certs.plugins.module_utils._pki.expiry_report i
     unchained_leaves,
 )
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.kubeadm_expiry import kubeadm_expiration_info
-from ansible_collections.kubepki.certs.plugins.module_utils._pki.layout import DISTRIBUTIONS, get_layout
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.layout import DISTRIBUTIONS, KUBEADM_DISTRIBUTIONS, get_layout
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.module_edge import require_cryptography, run_engine
 
 
@@ -330,8 +332,8 @@ def main():
     params = module.params
     if params["only_paths"] and not params["paths"]:
         module.fail_json(msg="only_paths=true needs at least one entry in paths")
-    if params["kubeadm_output"] and params["distribution"] != "kubeadm":
-        module.fail_json(msg="kubeadm_output=true needs distribution=kubeadm")
+    if params["kubeadm_output"] and params["distribution"] not in KUBEADM_DISTRIBUTIONS:
+        module.fail_json(msg="kubeadm_output=true needs distribution=%s" % "|".join(KUBEADM_DISTRIBUTIONS))
     layout = run_engine(module, get_layout, params["distribution"], data_dir=params["data_dir"])
     now = datetime.datetime.now(datetime.timezone.utc)
     report = run_engine(module, check_expiration, layout, paths=params["paths"], only_paths=params["only_paths"],

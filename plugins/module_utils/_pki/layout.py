@@ -25,6 +25,7 @@ SERVICE_KEY_DISTRIBUTIONS = ("k3s", "rke2", "kubeadm")   # service_account_key: 
 ROTATE_CA_DISTRIBUTIONS = RANCHER_DISTRIBUTIONS          # `<program> certificate rotate-ca`: ca_rotation, ca_verify
 JOIN_TOKEN_DISTRIBUTIONS = RANCHER_DISTRIBUTIONS         # K10 secure tokens carrying a CA hash: join_token
 HEALTH_GATE_DISTRIBUTIONS = ("k3s", "rke2", "kubeadm")   # an admin kubectl on every server: health_gate
+KUBEADM_DISTRIBUTIONS = ("kubeadm",)                     # kubeadm's own names: cert_check kubeadm_output, leaf_renew
 
 
 @dataclass(frozen=True)
@@ -246,9 +247,15 @@ def _kubeadm_layout(data_dir: str | None) -> Layout:
         kubectl=("kubectl", "--kubeconfig", os.path.join(base, "admin.conf")),
         api_ca="ca",
         # The kubeconfigs whose client certificate kubeadm renews and reports (kubelet.conf is the kubelet's own),
-        # signed by "ca"; the etcd static pod manifest, whose presence means a local (stacked) etcd.
+        # signed by "ca"; the etcd static pod manifest, whose presence means a local (stacked) etcd; the static pods
+        # that read each renewable certificate at start (the etcd health-check client is read by its probe only).
         extra={"renewable_kubeconfigs": ("admin.conf", "super-admin.conf", "controller-manager.conf", "scheduler.conf"),
-               "etcd_manifest": os.path.join(base, "manifests", "etcd.yaml")},
+               "etcd_manifest": os.path.join(base, "manifests", "etcd.yaml"),
+               "restarts": {"apiserver": ("kube-apiserver",), "apiserver-kubelet-client": ("kube-apiserver",),
+                            "apiserver-etcd-client": ("kube-apiserver",), "front-proxy-client": ("kube-apiserver",),
+                            "etcd-server": ("etcd",), "etcd-peer": ("etcd",),
+                            "controller-manager.conf": ("kube-controller-manager",),
+                            "scheduler.conf": ("kube-scheduler",)}},
     )
 
 

@@ -1,0 +1,279 @@
+# Copyright (c) kubepki.certs contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+#
+# PRIVATE to the kubepki.certs collection.
+"""Renew kubeadm leaf certificates and kubeconfig client credentials from the CA on disk, the way
+``kubeadm certs renew`` does: the same CN, O, DNS and IP SANs and extended key usages, a new key, a new validity.
+
+plan → apply → report → diff. Every check (CA key present and matching, the CA signed the current certificate, the
+current key matches, the kubeconfig embeds its credentials) runs while planning, so a bad input fails before any
+write. Apply backs up every file it replaces into a backup tree (``trees.BackupTree``) and writes atomically.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import os
+import re
+from dataclasses import dataclass, field
+
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.certs import (
+    build_leaf_certificate,
+    dump_certificates,
+    extended_key_usages,
+    iso8601,
+    is_directly_issued_by,
+    load_certificates,
+    not_after,
+    utcnow,
+)
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.deps import x509
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.diffs import Change, summary_diff
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.errors import InvalidInputError
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.files import (
+    PRIVATE_FILE_MODE,
+    PUBLIC_FILE_MODE,
+    atomic_write,
+    file_mode,
+    read_bytes,
+    write_backup,
+)
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.keys import (
+    generate_private_key,
+    key_matches_certificate,
+    key_type_of,
+    load_private_key,
+    serialize_private_key,
+)
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.kubeconfig import decode_embedded, parse_kubeconfig
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.trees import backup_tree
+
+RENEW, KEEP, MISSING, EXTERNAL = "renew", "keep", "missing", "external"
+_EKU_FLAGS = {"1.3.6.1.5.5.7.3.1": "server_auth", "1.3.6.1.5.5.7.3.2": "client_auth"}  # the two kubeadm issues
+
+
+@dataclass(frozen=True)
+class Target:
+    """One renewable entry: a certificate file with its key, or a kubeconfig's embedded client credential."""
+
+    name: str
+    ca_name: str
+    cert_path: str
+    key_path: str | None  # None: the kubeconfig at cert_path embeds both
+    restarts: tuple
+
+    @property
+    def in_kubeconfig(self) -> bool:
+        return self.key_path is None
+
+
+@dataclass
+class Renewal:
+    target: Target
+    status: str
+    reason: str = ""
+    old_not_after: str | None = None
+    new_not_after: str | None = None
+    writes: list = field(default_factory=list, repr=False)  # (path, bytes, mode)
+
+
+@dataclass
+class RenewalPlan:
+    renewals: list
+    backup_root: str | None
+
+    @property
+    def changed(self) -> bool:
+        return any(r.status == RENEW for r in self.renewals)
+
+
+def kubeadm_targets(layout) -> list:
+    """Every certificate kubeadm renews on a node, from the layout table (names, files, CA, static pods to restart)."""
+    restarts = layout.extra["restarts"]
+    targets = [Target(leaf.name, leaf.ca, os.path.join(layout.tls_dir, leaf.cert), os.path.join(layout.tls_dir, leaf.key),
+                      tuple(restarts.get(leaf.name, ()))) for leaf in layout.leaves]
+    targets += [Target(name, "ca", os.path.join(layout.data_dir, name), None, tuple(restarts.get(name, ())))
+                for name in layout.extra["renewable_kubeconfigs"]]
+    return targets
+
+
+def _ca_pair(layout, ca_name: str):
+    """The CA's certificate and key, or None when the key is absent (an externally managed CA)."""
+    ca = next(ca for ca in layout.cas if ca.name == ca_name)
+    cert_path, key_path = os.path.join(layout.tls_dir, ca.cert), os.path.join(layout.tls_dir, ca.key)
+    certificate = load_certificates(read_bytes(cert_path, what="CA certificate"), source=cert_path)[0]
+    if not os.path.exists(key_path):
+        return certificate, None, key_path
+    key = load_private_key(read_bytes(key_path, what="CA key"), source=key_path)
+    if not key_matches_certificate(key, certificate):
+        raise InvalidInputError("%s does not belong to %s; restore the CA's own key before renewing" % (key_path, cert_path),
+                                path=key_path)
+    return certificate, key, key_path
+
+
+def _only_user(text: str, path: str) -> dict:
+    users = parse_kubeconfig(text, source=path)["users"]
+    if len(users) != 1:
+        raise InvalidInputError("%s has %d users; a kubeadm kubeconfig has exactly one" % (path, len(users)), path=path)
+    user = users[0]
+    if not user.get("client-certificate-data") or not user.get("client-key-data"):
+        raise InvalidInputError("%s does not embed its client certificate and key (client-certificate-data, "
+                                "client-key-data); kubeadm writes them embedded: regenerate it with kubeadm init phase "
+                                "kubeconfig" % path, path=path)
+    return user
+
+
+def _current(target: Target):
+    """(certificate, key, kubeconfig text or None) as on disk now."""
+    if target.in_kubeconfig:
+        text = read_bytes(target.cert_path, what="kubeconfig").decode("utf-8")
+        user = _only_user(text, target.cert_path)
+        certificate = load_certificates(decode_embedded(user["client-certificate-data"], source=target.cert_path),
+                                        source=target.cert_path)[0]
+        key = load_private_key(decode_embedded(user["client-key-data"], source=target.cert_path), source=target.cert_path)
+        return certificate, key, text
+    certificate = load_certificates(read_bytes(target.cert_path, what="certificate"), source=target.cert_path)[0]
+    key = load_private_key(read_bytes(target.key_path, what="private key"), source=target.key_path)
+    return certificate, key, None
+
+
+def _profile(certificate, path: str) -> dict:
+    """What kubeadm keeps from the current certificate: CN, O, SANs, extended key usages."""
+    subject = certificate.subject
+    common_names = subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    if len(common_names) != 1:
+        raise InvalidInputError("%s has no single common name; not a kubeadm certificate" % path, path=path)
+    flags = {}
+    for usage in extended_key_usages(certificate) or []:
+        if usage not in _EKU_FLAGS:
+            raise InvalidInputError("%s carries the extended key usage %r, which kubeadm never issues" % (path, usage),
+                                    path=path)
+        flags[_EKU_FLAGS[usage]] = True
+    try:
+        sans = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        dns_names, ips = sans.get_values_for_type(x509.DNSName), sans.get_values_for_type(x509.IPAddress)
+    except x509.ExtensionNotFound:
+        dns_names, ips = [], []
+    return {"subject_common_name": common_names[0].value,
+            "organizations": [a.value for a in subject.get_attributes_for_oid(x509.NameOID.ORGANIZATION_NAME)],
+            "dns_names": dns_names, "ip_addresses": [str(ip) for ip in ips],
+            "server_auth": flags.get("server_auth", False), "client_auth": flags.get("client_auth", False)}
+
+
+def _replace_user_data(text: str, key: str, value: str, path: str) -> str:
+    """Swap one ``<key>: <base64>`` value in place, every other byte kept (kubeadm writes one user)."""
+    pattern = re.compile(r"^(\s*%s:[ \t]*)\S+[ \t]*$" % re.escape(key), re.MULTILINE)
+    new_text, count = pattern.subn(lambda match: match.group(1) + value, text)
+    if count != 1:
+        raise InvalidInputError("%s: %s is not a single plain value on its own line" % (path, key), path=path)
+    return new_text
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _plan_one(layout, target: Target, *, due, key_type, validity_days, now, cas) -> Renewal:
+    if not os.path.exists(target.cert_path):
+        return Renewal(target, MISSING, "%s does not exist" % target.cert_path)
+    if target.ca_name not in cas:
+        cas[target.ca_name] = _ca_pair(layout, target.ca_name)
+    ca_certificate, ca_key, ca_key_path = cas[target.ca_name]
+    if ca_key is None:
+        return Renewal(target, EXTERNAL, "the %s CA is externally managed (%s is absent)" % (target.ca_name, ca_key_path))
+    certificate, key, text = _current(target)
+    old_end = iso8601(not_after(certificate))
+    if not is_directly_issued_by(certificate, ca_certificate):
+        raise InvalidInputError("%s was not issued by the %s CA on disk (%s); renewing would change its issuer: "
+                                "check which CA the cluster trusts first"
+                                % (target.cert_path, target.ca_name, layout.tls_dir), path=target.cert_path)
+    if not key_matches_certificate(key, certificate):
+        raise InvalidInputError("%s: the private key does not match the certificate" % (target.key_path or target.cert_path),
+                                path=target.key_path or target.cert_path)
+    if not due(certificate):
+        return Renewal(target, KEEP, "expires %s, not due" % old_end, old_end)
+    new_key = generate_private_key(key_type or key_type_of(key))
+    new_certificate = build_leaf_certificate(subject_public_key=new_key.public_key(), issuer_certificate=ca_certificate,
+                                             issuer_key=ca_key, validity_days=validity_days, now=now,
+                                             **_profile(certificate, target.cert_path))
+    cert_pem, key_pem = dump_certificates([new_certificate]), serialize_private_key(new_key)
+    if target.in_kubeconfig:
+        new_text = _replace_user_data(text, "client-certificate-data", _b64(cert_pem), target.cert_path)
+        new_text = _replace_user_data(new_text, "client-key-data", _b64(key_pem), target.cert_path)
+        writes = [(target.cert_path, new_text.encode("utf-8"), file_mode(target.cert_path) or PRIVATE_FILE_MODE)]
+    else:
+        writes = [(target.key_path, key_pem, PRIVATE_FILE_MODE),
+                  (target.cert_path, cert_pem, file_mode(target.cert_path) or PUBLIC_FILE_MODE)]
+    return Renewal(target, RENEW, "renewed", old_end, iso8601(not_after(new_certificate)), writes)
+
+
+def plan_renewals(layout, *, names=None, threshold_days: int | None = None, force: bool = False,
+                  key_type: str | None = None, validity_days: int = 365, backup_root: str | None = None,
+                  now: datetime.datetime | None = None) -> RenewalPlan:
+    """Plan the renewal of ``names`` (default: every certificate kubeadm renews). Due: ``force``, or fewer than
+    ``threshold_days`` left. A named entry that is missing or under an externally managed CA fails; unnamed ones are
+    skipped and reported. ``key_type`` None keeps each key's type."""
+    if layout.distribution != "kubeadm":
+        raise InvalidInputError("leaf renewal knows the kubeadm layout only, not %s" % layout.distribution)
+    if not os.path.isdir(layout.tls_dir) or not any(os.path.exists(os.path.join(layout.tls_dir, ca.cert))
+                                                    for ca in layout.cas):
+        raise InvalidInputError("%s is not a kubeadm certificates directory (no ca.crt, front-proxy-ca.crt or "
+                                "etcd/ca.crt); set data_dir to the directory holding pki/" % layout.tls_dir,
+                                path=layout.tls_dir)
+    moment = (now or utcnow()).astimezone(datetime.timezone.utc)
+    targets = kubeadm_targets(layout)
+    known = [t.name for t in targets]
+    unknown = sorted(set(names or ()) - set(known))
+    if unknown:
+        raise InvalidInputError("unknown certificate name(s) %s; kubeadm's are %s" % (", ".join(unknown), ", ".join(known)))
+    if names:
+        targets = [t for t in targets if t.name in set(names)]
+    if not force and threshold_days is None:
+        raise InvalidInputError("say which certificates are due: threshold_days, or force to renew them all")
+
+    def due(certificate) -> bool:
+        return force or not_after(certificate) - moment < datetime.timedelta(days=threshold_days)
+
+    cas = {}
+    renewals = [_plan_one(layout, t, due=due, key_type=key_type, validity_days=validity_days, now=moment, cas=cas)
+                for t in targets]
+    if names:
+        refused = [r for r in renewals if r.status in (MISSING, EXTERNAL)]
+        if refused:
+            raise InvalidInputError("cannot renew %s" % "; ".join("%s: %s" % (r.target.name, r.reason) for r in refused))
+    return RenewalPlan(renewals, backup_root)
+
+
+def apply_renewals(plan: RenewalPlan) -> list:
+    """Back up, then write, every renewal; returns the backup copies. Key before certificate, each atomically."""
+    tree = backup_tree(plan.backup_root) if plan.backup_root else None
+    copies = []
+    for renewal in plan.renewals:
+        if renewal.status != RENEW:
+            continue
+        if tree is not None:
+            pending = [(tree.copy_of(write[0]), read_bytes(write[0]), PRIVATE_FILE_MODE) for write in renewal.writes]
+            write_backup(pending)
+            copies += [copy[0] for copy in pending]
+        for path, data, mode in renewal.writes:
+            atomic_write(path, data, mode=mode)
+    return copies
+
+
+def plan_report(plan: RenewalPlan) -> dict:
+    """Plain data for the module result (no key material): per entry, and the static pods to restart."""
+    entries = [{"name": r.target.name, "path": r.target.cert_path, "status": r.status, "reason": r.reason,
+                "old_not_after": r.old_not_after, "new_not_after": r.new_not_after} for r in plan.renewals]
+    restarts = sorted({pod for r in plan.renewals if r.status == RENEW for pod in r.target.restarts})
+    return {"entries": entries, "renewed": [r.target.name for r in plan.renewals if r.status == RENEW],
+            "not_renewable": [r.target.name for r in plan.renewals if r.status in (MISSING, EXTERNAL)],
+            "restart": restarts}
+
+
+def plan_diff(plan: RenewalPlan) -> dict:
+    """Per renewed entry, the expiry before and after (the files' paths name them)."""
+    return summary_diff("kubeadm certificates", (Change("%s (%s)" % (r.target.name, r.target.cert_path),
+                                                        "expires %s" % r.old_not_after, "expires %s" % r.new_not_after)
+                                                 for r in plan.renewals if r.status == RENEW))
