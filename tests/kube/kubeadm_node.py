@@ -7,12 +7,16 @@ namespace. Independent of plugins/ (it runs the modules the way a playbook does,
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+
+import yaml
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 KUBERNETES_DIR = "/etc/kubernetes"
@@ -95,7 +99,8 @@ def kubeadm_report(kubeadm, node):
 
 
 def run_module(node, work_dir, module, args, *, check=False):
-    """A kubepki.certs module run by ansible (ad hoc, local) in the node's namespace: (rc, result)."""
+    """A kubepki.certs module run by ansible (ad hoc, local) in the node's namespace, or on the controller (outside
+    any node) when node is None: (rc, result)."""
     tree = tempfile.mkdtemp(dir=str(work_dir), prefix="tree-")
     env = dict(os.environ, ANSIBLE_LOAD_CALLBACK_PLUGINS="True", ANSIBLE_CALLBACKS_ENABLED="ansible.builtin.tree",
                ANSIBLE_CALLBACK_TREE_DIR=tree, ANSIBLE_LOCAL_TEMP=os.path.join(str(work_dir), "ansible-tmp"),
@@ -107,10 +112,71 @@ def run_module(node, work_dir, module, args, *, check=False):
             "-a", json.dumps(args), "-e", "ansible_python_interpreter=%s" % sys.executable]
     if check:
         argv.append("--check")
-    result = in_node(node["dir"], argv, env=env)
+    result = in_node(node["dir"], argv, env=env) if node else subprocess.run(argv, capture_output=True, text=True,
+                                                                             check=False, env=env)
     path = os.path.join(tree, "localhost")
     if not os.path.exists(path):
         raise AssertionError("%s left no result: rc=%d\n%s\n%s" % (module, result.returncode, result.stdout[-3000:],
                                                                    result.stderr[-3000:]))
     with open(path, encoding="utf-8") as handle:
         return result.returncode, json.load(handle)
+
+
+# kubeadm's renewable certificates on disk, relative to /etc/kubernetes, and the CA certificate of each
+FILES = {"apiserver": "pki/apiserver", "apiserver-kubelet-client": "pki/apiserver-kubelet-client",
+         "front-proxy-client": "pki/front-proxy-client", "etcd-server": "pki/etcd/server", "etcd-peer": "pki/etcd/peer",
+         "etcd-healthcheck-client": "pki/etcd/healthcheck-client", "apiserver-etcd-client": "pki/apiserver-etcd-client"}
+CA_OF = {"front-proxy-client": "pki/front-proxy-ca.crt", "etcd-server": "pki/etcd/ca.crt", "etcd-peer": "pki/etcd/ca.crt",
+         "etcd-healthcheck-client": "pki/etcd/ca.crt", "apiserver-etcd-client": "pki/etcd/ca.crt"}
+KUBECONFIGS = ("admin.conf", "super-admin.conf", "controller-manager.conf", "scheduler.conf")
+
+
+def openssl(*args, data=None):
+    result = subprocess.run(["openssl", *args], input=data, capture_output=True, check=False)
+    assert result.returncode == 0, "openssl %s: %s" % (" ".join(args), result.stderr.decode()[-2000:])
+    return result.stdout.decode()
+
+
+def certificate_and_key(node, name, tmp_path):
+    """PEM files of one entry's certificate and key (extracted from its kubeconfig when embedded)."""
+    if name in KUBECONFIGS:
+        with open(os.path.join(node["dir"], name), encoding="utf-8") as handle:
+            user = yaml.safe_load(handle)["users"][0]["user"]
+        cert, key = str(tmp_path / (name + ".crt")), str(tmp_path / (name + ".key"))
+        for path, field in ((cert, "client-certificate-data"), (key, "client-key-data")):
+            with open(path, "wb") as handle:
+                handle.write(base64.b64decode(user[field]))
+        return cert, key
+    base = os.path.join(node["dir"], FILES[name])
+    return base + ".crt", base + ".key"
+
+
+def profile(cert_path):
+    """What kubeadm keeps on renewal, as openssl prints it (serial, dates and key identifiers left out): subject,
+    issuer, then each extension with its criticality and value, in a fixed order (Go and we order them differently)."""
+    text = openssl("x509", "-in", cert_path, "-noout", "-nameopt", "RFC2253", "-subject", "-issuer", "-ext",
+                   "subjectAltName,extendedKeyUsage,keyUsage,basicConstraints")
+    blocks = []
+    for line in text.splitlines():
+        if line.startswith((" ", "\t")) and blocks:
+            blocks[-1] += " " + line.strip()
+        else:
+            blocks.append(line.strip())
+    return sorted(blocks)
+
+
+def public_key(path, *, private):
+    return openssl("pkey", "-in", path, "-pubout") if private else openssl("x509", "-in", path, "-noout", "-pubkey")
+
+
+def snapshot(directory):
+    found = {}
+    for root, _dirs, files in os.walk(directory):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as handle:
+                found[os.path.relpath(os.path.join(root, name), directory)] = hashlib.sha256(handle.read()).hexdigest()
+    return found
+
+
+def run_on_controller(work_dir, module, args):
+    return run_module(None, work_dir, module, args)

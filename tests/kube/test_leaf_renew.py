@@ -13,69 +13,23 @@
 
 from __future__ import annotations
 
-import base64
 import datetime
-import hashlib
 import os
-import subprocess
 
-import yaml
-
-from kubeadm_node import copy_node, kubeadm_report, kubeadm_run, run_module
-
-FILES = {"apiserver": "pki/apiserver", "apiserver-kubelet-client": "pki/apiserver-kubelet-client",
-         "front-proxy-client": "pki/front-proxy-client", "etcd-server": "pki/etcd/server", "etcd-peer": "pki/etcd/peer",
-         "etcd-healthcheck-client": "pki/etcd/healthcheck-client", "apiserver-etcd-client": "pki/apiserver-etcd-client"}
-CA_OF = {"front-proxy-client": "pki/front-proxy-ca.crt", "etcd-server": "pki/etcd/ca.crt", "etcd-peer": "pki/etcd/ca.crt",
-         "etcd-healthcheck-client": "pki/etcd/ca.crt", "apiserver-etcd-client": "pki/etcd/ca.crt"}
-KUBECONFIGS = ("admin.conf", "super-admin.conf", "controller-manager.conf", "scheduler.conf")
-
-
-def openssl(*args, data=None):
-    result = subprocess.run(["openssl", *args], input=data, capture_output=True, check=False)
-    assert result.returncode == 0, "openssl %s: %s" % (" ".join(args), result.stderr.decode()[-2000:])
-    return result.stdout.decode()
-
-
-def certificate_and_key(node, name, tmp_path):
-    """PEM files of one entry's certificate and key (extracted from its kubeconfig when embedded)."""
-    if name in KUBECONFIGS:
-        with open(os.path.join(node["dir"], name), encoding="utf-8") as handle:
-            user = yaml.safe_load(handle)["users"][0]["user"]
-        cert, key = str(tmp_path / (name + ".crt")), str(tmp_path / (name + ".key"))
-        for path, field in ((cert, "client-certificate-data"), (key, "client-key-data")):
-            with open(path, "wb") as handle:
-                handle.write(base64.b64decode(user[field]))
-        return cert, key
-    base = os.path.join(node["dir"], FILES[name])
-    return base + ".crt", base + ".key"
-
-
-def profile(cert_path):
-    """What kubeadm keeps on renewal, as openssl prints it (serial, dates and key identifiers left out): subject,
-    issuer, then each extension with its criticality and value, in a fixed order (Go and we order them differently)."""
-    text = openssl("x509", "-in", cert_path, "-noout", "-nameopt", "RFC2253", "-subject", "-issuer", "-ext",
-                   "subjectAltName,extendedKeyUsage,keyUsage,basicConstraints")
-    blocks = []
-    for line in text.splitlines():
-        if line.startswith((" ", "\t")) and blocks:
-            blocks[-1] += " " + line.strip()
-        else:
-            blocks.append(line.strip())
-    return sorted(blocks)
-
-
-def public_key(path, *, private):
-    return openssl("pkey", "-in", path, "-pubout") if private else openssl("x509", "-in", path, "-noout", "-pubkey")
-
-
-def snapshot(directory):
-    found = {}
-    for root, _dirs, files in os.walk(directory):
-        for name in files:
-            with open(os.path.join(root, name), "rb") as handle:
-                found[os.path.relpath(os.path.join(root, name), directory)] = hashlib.sha256(handle.read()).hexdigest()
-    return found
+from kubeadm_node import (
+    CA_OF,
+    FILES,
+    KUBECONFIGS,
+    certificate_and_key,
+    copy_node,
+    kubeadm_report,
+    kubeadm_run,
+    openssl,
+    profile,
+    public_key,
+    run_module,
+    snapshot,
+)
 
 
 def test_renewal_is_what_kubeadm_renew_gives(kubeadm, cp1, tmp_path):

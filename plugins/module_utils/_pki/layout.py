@@ -248,14 +248,18 @@ def _kubeadm_layout(data_dir: str | None) -> Layout:
         api_ca="ca",
         # The kubeconfigs whose client certificate kubeadm renews and reports (kubelet.conf is the kubelet's own),
         # signed by "ca"; the etcd static pod manifest, whose presence means a local (stacked) etcd; the static pods
-        # that read each renewable certificate at start (the etcd health-check client is read by its probe only).
+        # that read each renewable certificate at start (the etcd health-check client is read by its probe only);
+        # the extended key usages kubeadm gives each certificate (what a signer of kubeadm's CSRs must give).
         extra={"renewable_kubeconfigs": ("admin.conf", "super-admin.conf", "controller-manager.conf", "scheduler.conf"),
                "etcd_manifest": os.path.join(base, "manifests", "etcd.yaml"),
                "restarts": {"apiserver": ("kube-apiserver",), "apiserver-kubelet-client": ("kube-apiserver",),
                             "apiserver-etcd-client": ("kube-apiserver",), "front-proxy-client": ("kube-apiserver",),
                             "etcd-server": ("etcd",), "etcd-peer": ("etcd",),
                             "controller-manager.conf": ("kube-controller-manager",),
-                            "scheduler.conf": ("kube-scheduler",)}},
+                            "scheduler.conf": ("kube-scheduler",)},
+               # kubeadm's extended key usages per certificate; every other one is a client certificate
+               "usages": {"apiserver": ("server_auth",), "etcd-server": ("server_auth", "client_auth"),
+                          "etcd-peer": ("server_auth", "client_auth")}},
     )
 
 
@@ -289,3 +293,6 @@ def get_layout(distribution: str, *, data_dir: str | None = None) -> Layout:
     if distribution == "rke1":
         return _rke1_layout(data_dir)
     raise LayoutError("unknown distribution %r; supported: %s" % (distribution, ", ".join(DISTRIBUTIONS)))
+
+
+KUBEADM_CA_NAMES = tuple(ca.name for ca in _kubeadm_layout(None).cas)  # external_ca's ca_name choices

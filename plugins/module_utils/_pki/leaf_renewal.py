@@ -125,7 +125,7 @@ def _only_user(text: str, path: str) -> dict:
     return user
 
 
-def _current(target: Target):
+def current_credentials(target: Target):
     """(certificate, key, kubeconfig text or None) as on disk now."""
     if target.in_kubeconfig:
         text = read_bytes(target.cert_path, what="kubeconfig").decode("utf-8")
@@ -139,7 +139,7 @@ def _current(target: Target):
     return certificate, key, None
 
 
-def _profile(certificate, path: str) -> dict:
+def kubeadm_profile(certificate, path: str) -> dict:
     """What kubeadm keeps from the current certificate: CN, O, SANs, extended key usages."""
     subject = certificate.subject
     common_names = subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
@@ -162,7 +162,7 @@ def _profile(certificate, path: str) -> dict:
             "server_auth": flags.get("server_auth", False), "client_auth": flags.get("client_auth", False)}
 
 
-def _replace_user_data(text: str, key: str, value: str, path: str) -> str:
+def replace_user_data(text: str, key: str, value: str, path: str) -> str:
     """Swap one ``<key>: <base64>`` value in place, every other byte kept (kubeadm writes one user)."""
     pattern = re.compile(r"^(\s*%s:[ \t]*)\S+[ \t]*$" % re.escape(key), re.MULTILINE)
     new_text, count = pattern.subn(lambda match: match.group(1) + value, text)
@@ -171,7 +171,7 @@ def _replace_user_data(text: str, key: str, value: str, path: str) -> str:
     return new_text
 
 
-def _b64(data: bytes) -> str:
+def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
@@ -183,7 +183,7 @@ def _plan_one(layout, target: Target, *, due, key_type, validity_days, now, cas)
     ca_certificate, ca_key, ca_key_path = cas[target.ca_name]
     if ca_key is None:
         return Renewal(target, EXTERNAL, "the %s CA is externally managed (%s is absent)" % (target.ca_name, ca_key_path))
-    certificate, key, text = _current(target)
+    certificate, key, text = current_credentials(target)
     old_end = iso8601(not_after(certificate))
     if not is_directly_issued_by(certificate, ca_certificate):
         raise InvalidInputError("%s was not issued by the %s CA on disk (%s); renewing would change its issuer: "
@@ -197,11 +197,11 @@ def _plan_one(layout, target: Target, *, due, key_type, validity_days, now, cas)
     new_key = generate_private_key(key_type or key_type_of(key))
     new_certificate = build_leaf_certificate(subject_public_key=new_key.public_key(), issuer_certificate=ca_certificate,
                                              issuer_key=ca_key, validity_days=validity_days, now=now,
-                                             **_profile(certificate, target.cert_path))
+                                             **kubeadm_profile(certificate, target.cert_path))
     cert_pem, key_pem = dump_certificates([new_certificate]), serialize_private_key(new_key)
     if target.in_kubeconfig:
-        new_text = _replace_user_data(text, "client-certificate-data", _b64(cert_pem), target.cert_path)
-        new_text = _replace_user_data(new_text, "client-key-data", _b64(key_pem), target.cert_path)
+        new_text = replace_user_data(text, "client-certificate-data", b64(cert_pem), target.cert_path)
+        new_text = replace_user_data(new_text, "client-key-data", b64(key_pem), target.cert_path)
         writes = [(target.cert_path, new_text.encode("utf-8"), file_mode(target.cert_path) or PRIVATE_FILE_MODE)]
     else:
         writes = [(target.key_path, key_pem, PRIVATE_FILE_MODE),

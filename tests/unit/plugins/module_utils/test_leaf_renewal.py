@@ -10,122 +10,26 @@ from __future__ import annotations
 import base64
 import datetime
 import hashlib
-import ipaddress
 import os
 import stat
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from ansible_collections.kubepki.certs.plugins.module_utils._pki import leaf_renewal
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.errors import InvalidInputError
-from ansible_collections.kubepki.certs.plugins.module_utils._pki.layout import get_layout
 
-NOW = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
-
-
-def _name(cn, orgs=()):
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in orgs]
-                     + [x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _ca(cn):
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(_name(cn)).public_key(key.public_key())
-            .serial_number(1).not_valid_before(NOW - datetime.timedelta(days=1))
-            .not_valid_after(NOW + datetime.timedelta(days=3650))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    return cert, key
-
-
-def _leaf(ca, cn, *, orgs=(), eku=(ExtendedKeyUsageOID.CLIENT_AUTH,), dns=(), ips=(), days=10, key=None):
-    ca_cert, ca_key = ca
-    key = key or ec.generate_private_key(ec.SECP256R1())
-    builder = (x509.CertificateBuilder().subject_name(_name(cn, orgs)).issuer_name(ca_cert.subject)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(NOW - datetime.timedelta(days=1)).not_valid_after(NOW + datetime.timedelta(days=days))
-               .add_extension(x509.ExtendedKeyUsage(list(eku)), critical=False))
-    sans = [x509.DNSName(d) for d in dns] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
-    if sans:
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    return builder.sign(ca_key, hashes.SHA256()), key
-
-
-def _pem(cert):
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def _key_pem(key):
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                             serialization.NoEncryption())
-
-
-def _write(path, data, mode=0o644):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "wb") as handle:
-        handle.write(data)
-    os.chmod(path, mode)
-
-
-KUBECONFIG = """apiVersion: v1
-clusters:
-- cluster:
-    certificate-authority-data: {ca}
-    server: https://10.0.0.1:6443
-  name: kubernetes
-contexts:
-- context:
-    cluster: kubernetes
-    user: {user}
-  name: {user}@kubernetes
-current-context: {user}@kubernetes
-kind: Config
-users:
-- name: {user}
-  user:
-    client-certificate-data: {cert}
-    client-key-data: {key}
-"""
-
-
-@pytest.fixture()
-def node(tmp_path):
-    """A kubeadm tree: three CAs, every leaf, the four kubeconfigs; apiserver has SANs, etcd leaves two EKUs."""
-    base = str(tmp_path / "kubernetes")
-    pki = os.path.join(base, "pki")
-    cas = {"ca": _ca("kubernetes"), "front-proxy-ca": _ca("front-proxy-ca"), "etcd-ca": _ca("etcd-ca")}
-    for name, path in (("ca", "ca"), ("front-proxy-ca", "front-proxy-ca"), ("etcd-ca", "etcd/ca")):
-        _write(os.path.join(pki, path + ".crt"), _pem(cas[name][0]))
-        _write(os.path.join(pki, path + ".key"), _key_pem(cas[name][1]), 0o600)
-    both = (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH)
-    leaves = {
-        "apiserver": ("ca", dict(eku=(ExtendedKeyUsageOID.SERVER_AUTH,), dns=("kubernetes", "cp1"), ips=("10.96.0.1", "10.0.0.1"))),
-        "apiserver-kubelet-client": ("ca", dict(orgs=("kubeadm:cluster-admins",),
-                                                key=rsa.generate_private_key(public_exponent=65537, key_size=2048))),
-        "front-proxy-client": ("front-proxy-ca", {}),
-        "etcd/server": ("etcd-ca", dict(eku=both, dns=("cp1", "localhost"), ips=("127.0.0.1",))),
-        "etcd/peer": ("etcd-ca", dict(eku=both, dns=("cp1",), ips=("10.0.0.1",))),
-        "etcd/healthcheck-client": ("etcd-ca", {}),
-        "apiserver-etcd-client": ("etcd-ca", {}),
-    }
-    for path, (ca_name, options) in leaves.items():
-        cert, key = _leaf(cas[ca_name], path.replace("/", "-"), **options)
-        _write(os.path.join(pki, path + ".crt"), _pem(cert))
-        _write(os.path.join(pki, path + ".key"), _key_pem(key), 0o600)
-    for file_name, user, orgs in (("admin.conf", "kubernetes-admin", ("kubeadm:cluster-admins",)),
-                                  ("super-admin.conf", "kubernetes-super-admin", ("system:masters",)),
-                                  ("controller-manager.conf", "system:kube-controller-manager", ()),
-                                  ("scheduler.conf", "system:kube-scheduler", ())):
-        cert, key = _leaf(cas["ca"], user, orgs=orgs)
-        text = KUBECONFIG.format(ca=base64.b64encode(_pem(cas["ca"][0])).decode(), user=user,
-                                 cert=base64.b64encode(_pem(cert)).decode(), key=base64.b64encode(_key_pem(key)).decode())
-        _write(os.path.join(base, file_name), text.encode(), 0o600)
-    return {"base": base, "pki": pki, "cas": cas, "layout": get_layout("kubeadm", data_dir=base),
-            "backup": str(tmp_path / "backup")}
+from ansible_collections.kubepki.certs.tests.unit.plugins.module_utils.kubeadm_tree import (
+    NOW,
+    ca_pair,
+    key_pem,
+    leaf_pair,
+    pem,
+    write_file,
+)
 
 
 def _snapshot(base):
@@ -234,19 +138,19 @@ def test_missing_skipped_unless_named(node):
 
 
 def _bad_ca_key(node):
-    _write(os.path.join(node["pki"], "ca.key"), _key_pem(ec.generate_private_key(ec.SECP256R1())), 0o600)
+    write_file(os.path.join(node["pki"], "ca.key"), key_pem(ec.generate_private_key(ec.SECP256R1())), 0o600)
     return "ca.key does not belong to"
 
 
 def _foreign_leaf(node):
-    cert, key = _leaf(_ca("someone-else"), "kube-apiserver")
-    _write(os.path.join(node["pki"], "apiserver.crt"), _pem(cert))
-    _write(os.path.join(node["pki"], "apiserver.key"), _key_pem(key), 0o600)
+    cert, key = leaf_pair(ca_pair("someone-else"), "kube-apiserver")
+    write_file(os.path.join(node["pki"], "apiserver.crt"), pem(cert))
+    write_file(os.path.join(node["pki"], "apiserver.key"), key_pem(key), 0o600)
     return "apiserver.crt was not issued by the ca CA on disk"
 
 
 def _mismatched_key(node):
-    _write(os.path.join(node["pki"], "etcd", "peer.key"), _key_pem(ec.generate_private_key(ec.SECP256R1())), 0o600)
+    write_file(os.path.join(node["pki"], "etcd", "peer.key"), key_pem(ec.generate_private_key(ec.SECP256R1())), 0o600)
     return "peer.key: the private key does not match"
 
 
@@ -254,7 +158,7 @@ def _kubeconfig_without_data(node):
     path = os.path.join(node["base"], "scheduler.conf")
     text = open(path, encoding="utf-8").read()
     text = text.split("    client-certificate-data:")[0] + "    client-certificate: /etc/kubernetes/pki/x.crt\n"
-    _write(path, text.encode(), 0o600)
+    write_file(path, text.encode(), 0o600)
     return "scheduler.conf does not embed its client certificate and key"
 
 
@@ -265,7 +169,7 @@ def _not_kubeadm(node):
 
 
 @pytest.mark.parametrize("breaker", [_bad_ca_key, _foreign_leaf, _mismatched_key, _kubeconfig_without_data, _not_kubeadm])
-def test_bad_input_fails_before_any_write(node, breaker):
+def test_bad_input_fails_before_anywrite_file(node, breaker):
     message = breaker(node)
     before = _snapshot(node["base"])
     with pytest.raises(InvalidInputError, match=message):
