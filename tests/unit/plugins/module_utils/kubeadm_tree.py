@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import hashlib
 import ipaddress
 import os
 
@@ -119,3 +120,13 @@ def make_kubeadm_tree(tmp_path):
         write_file(os.path.join(base, file_name), text.encode(), 0o600)
     return {"base": base, "pki": pki, "cas": cas, "layout": get_layout("kubeadm", data_dir=base),
             "backup": str(tmp_path / "backup")}
+
+
+def snapshot(base):
+    """path -> sha256 of every file under base: compare two snapshots to prove nothing was written."""
+    found = {}
+    for root, _dirs, files in os.walk(base):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as handle:
+                found[os.path.join(root, name)] = hashlib.sha256(handle.read()).hexdigest()
+    return found

@@ -7,7 +7,6 @@ tests/kube/test_external_ca.py."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 import pytest
@@ -16,16 +15,15 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from ansible_collections.kubepki.certs.plugins.module_utils._pki import external_ca
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.errors import InvalidInputError
-from ansible_collections.kubepki.certs.tests.unit.plugins.module_utils.kubeadm_tree import ca_pair, key_pem, pem, write_file
+from ansible_collections.kubepki.certs.tests.unit.plugins.module_utils.kubeadm_tree import (
+    ca_pair,
+    key_pem,
+    pem,
+    snapshot,
+    write_file,
+)
 
 
-def _snapshot(base):
-    found = {}
-    for root, _dirs, files in os.walk(base):
-        for name in files:
-            with open(os.path.join(root, name), "rb") as handle:
-                found[os.path.join(root, name)] = hashlib.sha256(handle.read()).hexdigest()
-    return found
 
 
 def _sign_all(node, request_dir):
@@ -76,10 +74,10 @@ def test_install_refuses_a_certificate_of_another_ca_before_writing(node, tmp_pa
     external_ca.apply_step(external_ca.plan_signing(node["layout"], request_dir, ca_name="ca",
                                                     ca_cert_path=str(tmp_path / "other.crt"),
                                                     ca_key_path=str(tmp_path / "other.key"), names=["apiserver", "admin.conf"]))
-    before = _snapshot(node["base"])
+    before = snapshot(node["base"])
     with pytest.raises(InvalidInputError, match="was not signed by the ca CA of this node"):
         external_ca.plan_install(node["layout"], request_dir, names=["apiserver", "admin.conf"], remove_ca_keys=True)
-    assert _snapshot(node["base"]) == before
+    assert snapshot(node["base"]) == before
 
 
 def test_install_needs_every_signed_certificate_and_matching_keys(node, tmp_path):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import datetime
-import hashlib
 import os
 import stat
 
@@ -28,18 +27,11 @@ from ansible_collections.kubepki.certs.tests.unit.plugins.module_utils.kubeadm_t
     key_pem,
     leaf_pair,
     pem,
+    snapshot,
     write_file,
 )
 
 
-def _snapshot(base):
-    found = {}
-    for root, _dirs, files in os.walk(base):
-        for name in files:
-            path = os.path.join(root, name)
-            with open(path, "rb") as handle:
-                found[path] = hashlib.sha256(handle.read()).hexdigest()
-    return found
 
 
 def _cert(path):
@@ -64,9 +56,9 @@ def test_renewal_keeps_the_profile_and_changes_key_and_validity(node):
     apiserver = os.path.join(node["pki"], "apiserver.crt")
     old = _cert(apiserver)
     old_key = open(os.path.join(node["pki"], "apiserver.key"), "rb").read()
-    before = _snapshot(node["base"])
+    before = snapshot(node["base"])
     plan = leaf_renewal.plan_renewals(node["layout"], threshold_days=30, backup_root=node["backup"], validity_days=365)
-    assert _snapshot(node["base"]) == before  # planning writes nothing
+    assert snapshot(node["base"]) == before  # planning writes nothing
     report = leaf_renewal.plan_report(plan)
     assert len(report["renewed"]) == 11 and report["not_renewable"] == []
     assert report["restart"] == ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"]
@@ -171,10 +163,10 @@ def _not_kubeadm(node):
 @pytest.mark.parametrize("breaker", [_bad_ca_key, _foreign_leaf, _mismatched_key, _kubeconfig_without_data, _not_kubeadm])
 def test_bad_input_fails_before_anywrite_file(node, breaker):
     message = breaker(node)
-    before = _snapshot(node["base"])
+    before = snapshot(node["base"])
     with pytest.raises(InvalidInputError, match=message):
         leaf_renewal.plan_renewals(node["layout"], force=True, backup_root=node["backup"])
-    assert _snapshot(node["base"]) == before
+    assert snapshot(node["base"]) == before
     assert not os.path.exists(node["backup"])
 
 
