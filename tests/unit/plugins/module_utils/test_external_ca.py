@@ -24,8 +24,6 @@ from ansible_collections.kubepki.certs.tests.unit.plugins.module_utils.kubeadm_t
 )
 
 
-
-
 def _sign_all(node, request_dir):
     for ca_name, base in (("ca", "ca"), ("front-proxy-ca", "front-proxy-ca"), ("etcd-ca", "etcd/ca")):
         plan = external_ca.plan_signing(node["layout"], request_dir, ca_name=ca_name,

@@ -32,8 +32,6 @@ from ansible_collections.kubepki.certs.tests.unit.plugins.module_utils.kubeadm_t
 )
 
 
-
-
 def _cert(path):
     with open(path, "rb") as handle:
         return x509.load_pem_x509_certificate(handle.read())
