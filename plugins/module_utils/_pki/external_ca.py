@@ -47,9 +47,11 @@ from ansible_collections.kubepki.certs.plugins.module_utils._pki.keys import (
     key_matches_certificate,
     key_type_of,
     load_private_key,
+    same_key,
     serialize_private_key,
 )
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.leaf_renewal import (
+    Target,
     b64,
     current_credentials,
     kubeadm_profile,
@@ -70,6 +72,7 @@ class RequestFiles:
     live_cert: str
     live_key: str | None  # None: a kubeconfig embeds both
     ca_name: str
+    target: Target
 
     @property
     def csr(self) -> str:
@@ -109,7 +112,7 @@ def request_files(layout, request_dir: str, names=None) -> list:
         relative = os.path.relpath(target.cert_path, layout.data_dir)
         base = relative[:-len(CERT_SUFFIX)] if target.key_path else relative  # admin.conf -> admin.conf.csr
         found.append(RequestFiles(target.name, os.path.join(request_dir, base), target.cert_path, target.key_path,
-                                  target.ca_name))
+                                  target.ca_name, target))
     return found
 
 
@@ -128,12 +131,11 @@ def plan_csrs(layout, request_dir: str, *, names=None, key_type: str | None = No
     """A key and a CSR per certificate, unless the request directory already holds a matching pair (rerun)."""
     items, writes = [], []
     for files in request_files(layout, request_dir, names):
-        target = next(t for t in kubeadm_targets(layout) if t.name == files.name)
         if not os.path.exists(files.live_cert):
             raise InvalidInputError("%s does not exist: the CSR takes its subject and SANs from the node's current "
                                     "certificate (kubeadm certs generate-csr makes them from a config instead)"
                                     % files.live_cert, path=files.live_cert)
-        certificate, current_key, _text = current_credentials(target)
+        certificate, current_key, _text = current_credentials(files.target)
         profile = kubeadm_profile(certificate, files.live_cert)
         if os.path.exists(files.csr) and os.path.exists(files.key):
             items.append({"name": files.name, "csr": files.csr, "key": files.key, "state": "present"})
@@ -165,10 +167,7 @@ def plan_signing(layout, request_dir: str, *, ca_name: str, ca_cert_path: str, c
             raise InvalidInputError("%s: the CSR's signature is not valid" % files.csr, path=files.csr)
         if os.path.exists(files.cert):
             existing = load_certificates(read_bytes(files.cert), source=files.cert)[0]
-            if (existing.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-                    == request.public_key().public_bytes(serialization.Encoding.DER,
-                                                         serialization.PublicFormat.SubjectPublicKeyInfo)
-                    and is_directly_issued_by(existing, ca_certificate)):
+            if same_key(existing, request.public_key()) and is_directly_issued_by(existing, ca_certificate):
                 items.append({"name": files.name, "cert": files.cert, "state": "present"})
                 continue
         try:
@@ -198,7 +197,7 @@ def plan_install(layout, request_dir: str, *, names=None, remove_ca_keys: bool =
                  backup_root: str | None = None) -> StepPlan:
     """Check every signed certificate (its key from the request directory, the node's CA on disk signed it), then
     plan the writes; ``remove_ca_keys`` removes the key of every CA that signed one of them."""
-    items, writes, signers = [], [], set()
+    items, writes, signers, ca_certificates = [], [], set(), {}
     for files in request_files(layout, request_dir, names):
         if not os.path.exists(files.cert):
             raise InvalidInputError("%s is missing: sign %s first" % (files.cert, files.csr), path=files.cert)
@@ -207,7 +206,10 @@ def plan_install(layout, request_dir: str, *, names=None, remove_ca_keys: bool =
         if not key_matches_certificate(load_private_key(key_pem, source=files.key), certificate):
             raise InvalidInputError("%s does not match %s" % (files.cert, files.key), path=files.cert)
         ca_cert_path, _ca_key_path = _ca_files(layout, files.ca_name)
-        ca_certificate = load_certificates(read_bytes(ca_cert_path, what="CA certificate"), source=ca_cert_path)[0]
+        if files.ca_name not in ca_certificates:  # read and parsed once per CA, not once per certificate
+            ca_certificates[files.ca_name] = load_certificates(read_bytes(ca_cert_path, what="CA certificate"),
+                                                               source=ca_cert_path)[0]
+        ca_certificate = ca_certificates[files.ca_name]
         if not is_directly_issued_by(certificate, ca_certificate):
             raise InvalidInputError("%s was not signed by the %s CA of this node (%s, %s): sign it with that CA"
                                     % (files.cert, files.ca_name, ca_cert_path, fingerprint_sha256(ca_certificate)),
