@@ -71,6 +71,15 @@ options:
     description: Key type of the new keys; default the type of each current key.
     type: str
     choices: [ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096]
+  admin_conf_copies:
+    description:
+      - Copies of C(admin.conf) made for people, such as C(/root/.kube/config). A copy with a user holding an older
+        certificate of admin.conf's identity (same subject and issuer) gets admin.conf's credential as it is after
+        this task (renewed or not): only those two values change. Missing copies and copies of other identities are
+        left alone and reported.
+    type: list
+    elements: path
+    default: []
   backup_dir:
     description:
       - Where the replaced files are copied, at their absolute path (mode 0600, directories 0700), before any write.
@@ -128,6 +137,12 @@ restart:
   type: list
   elements: str
   sample: [kube-apiserver]
+admin_conf_copies:
+  description: Each of O(admin_conf_copies) with its status C(refresh), C(current), C(missing) or C(other).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"path": /root/.kube/config, "status": refresh, "reason": "held an older credential of /etc/kubernetes/admin.conf"}]
 backup_files:
   description: The copies written to O(backup_dir) (empty in check mode).
   returned: always
@@ -158,6 +173,7 @@ def main():
             force=dict(type="bool", default=False),
             validity_days=dict(type="int", default=365),
             key_type=dict(type="str", choices=list(KEY_TYPES)),
+            admin_conf_copies=dict(type="list", elements="path", default=[]),
             backup_dir=dict(type="path", required=True),
         ),
         required_one_of=[("threshold_days", "force")],
@@ -168,7 +184,7 @@ def main():
     layout = run_engine(module, get_layout, params["distribution"], data_dir=params["data_dir"])
     plan = run_engine(module, plan_renewals, layout, names=params["names"], threshold_days=params["threshold_days"],
                       force=params["force"], key_type=params["key_type"], validity_days=params["validity_days"],
-                      backup_root=params["backup_dir"])
+                      backup_root=params["backup_dir"], admin_copies=params["admin_conf_copies"])
     result = plan_report(plan)
     result["backup_files"] = []
     if module._diff and plan.changed:

@@ -251,6 +251,10 @@ def _kubeadm_layout(data_dir: str | None) -> Layout:
         # that read each renewable certificate at start (the etcd health-check client is read by its probe only);
         # the extended key usages kubeadm gives each certificate (what a signer of kubeadm's CSRs must give).
         extra={"renewable_kubeconfigs": ("admin.conf", "super-admin.conf", "controller-manager.conf", "scheduler.conf"),
+               "admin_kubeconfig": "admin.conf",  # the one operators copy to ~/.kube/config
+               "manifests_dir": os.path.join(base, "manifests"),
+               # the control-plane static pods, in the order a restart goes (etcd under the apiserver first)
+               "static_pods": ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"),
                "etcd_manifest": os.path.join(base, "manifests", "etcd.yaml"),
                "restarts": {"apiserver": ("kube-apiserver",), "apiserver-kubelet-client": ("kube-apiserver",),
                             "apiserver-etcd-client": ("kube-apiserver",), "front-proxy-client": ("kube-apiserver",),

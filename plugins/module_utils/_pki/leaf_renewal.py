@@ -48,6 +48,7 @@ from ansible_collections.kubepki.certs.plugins.module_utils._pki.keys import (
     serialize_private_key,
 )
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.kubeconfig import decode_embedded, parse_kubeconfig
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.kubeconfig_copies import REFRESH, plan_copy_refresh
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.trees import backup_tree
 
 RENEW, KEEP, MISSING, EXTERNAL = "renew", "keep", "missing", "external"
@@ -83,10 +84,11 @@ class Renewal:
 class RenewalPlan:
     renewals: list
     backup_root: str | None
+    copies: list = field(default_factory=list)  # kubeconfig_copies.CopyRefresh of admin.conf's copies
 
     @property
     def changed(self) -> bool:
-        return any(r.status == RENEW for r in self.renewals)
+        return any(r.status == RENEW for r in self.renewals) or any(c.status == REFRESH for c in self.copies)
 
 
 def kubeadm_targets(layout) -> list:
@@ -211,10 +213,11 @@ def _plan_one(layout, target: Target, *, due, key_type, validity_days, now, cas)
 
 def plan_renewals(layout, *, names=None, threshold_days: int | None = None, force: bool = False,
                   key_type: str | None = None, validity_days: int = 365, backup_root: str | None = None,
-                  now: datetime.datetime | None = None) -> RenewalPlan:
+                  now: datetime.datetime | None = None, admin_copies=()) -> RenewalPlan:
     """Plan the renewal of ``names`` (default: every certificate kubeadm renews). Due: ``force``, or fewer than
     ``threshold_days`` left. A named entry that is missing or under an externally managed CA fails; unnamed ones are
-    skipped and reported. ``key_type`` None keeps each key's type."""
+    skipped and reported. ``key_type`` None keeps each key's type. ``admin_copies``: kubeconfigs made from admin.conf
+    that get its credential as it will be (renewed or not) when they hold an older one of the same identity."""
     if layout.distribution != "kubeadm":
         raise InvalidInputError("leaf renewal knows the kubeadm layout only, not %s" % layout.distribution)
     if not os.path.isdir(layout.tls_dir) or not any(os.path.exists(os.path.join(layout.tls_dir, ca.cert))
@@ -243,7 +246,19 @@ def plan_renewals(layout, *, names=None, threshold_days: int | None = None, forc
         refused = [r for r in renewals if r.status in (MISSING, EXTERNAL)]
         if refused:
             raise InvalidInputError("cannot renew %s" % "; ".join("%s: %s" % (r.target.name, r.reason) for r in refused))
-    return RenewalPlan(renewals, backup_root)
+    return RenewalPlan(renewals, backup_root, _plan_admin_copies(layout, renewals, admin_copies))
+
+
+def _plan_admin_copies(layout, renewals: list, admin_copies) -> list:
+    if not admin_copies:
+        return []
+    admin_path = os.path.join(layout.data_dir, layout.extra["admin_kubeconfig"])
+    renewed = [w[1] for r in renewals if r.status == RENEW and r.target.cert_path == admin_path for w in r.writes]
+    if not renewed and not os.path.exists(admin_path):
+        raise InvalidInputError("%s does not exist: there is no credential to put into %s" % (admin_path, ", ".join(admin_copies)),
+                                path=admin_path)
+    source_text = (renewed[0] if renewed else read_bytes(admin_path, what="kubeconfig")).decode("utf-8")
+    return [plan_copy_refresh(admin_path, source_text, path) for path in admin_copies]
 
 
 def apply_renewals(plan: RenewalPlan) -> list:
@@ -259,6 +274,12 @@ def apply_renewals(plan: RenewalPlan) -> list:
             copies += [copy[0] for copy in pending]
         for path, data, mode in renewal.writes:
             atomic_write(path, data, mode=mode)
+    for refresh in plan.copies:
+        for path, data, mode in refresh.writes:
+            if tree is not None:
+                write_backup([(tree.copy_of(path), read_bytes(path), PRIVATE_FILE_MODE)])
+                copies.append(tree.copy_of(path))
+            atomic_write(path, data, mode=mode)
     return copies
 
 
@@ -269,11 +290,14 @@ def plan_report(plan: RenewalPlan) -> dict:
     restarts = sorted({pod for r in plan.renewals if r.status == RENEW for pod in r.target.restarts})
     return {"entries": entries, "renewed": [r.target.name for r in plan.renewals if r.status == RENEW],
             "not_renewable": [r.target.name for r in plan.renewals if r.status in (MISSING, EXTERNAL)],
-            "restart": restarts}
+            "restart": restarts,
+            "admin_conf_copies": [{"path": c.path, "status": c.status, "reason": c.reason} for c in plan.copies]}
 
 
 def plan_diff(plan: RenewalPlan) -> dict:
     """Per renewed entry, the expiry before and after (the files' paths name them)."""
-    return summary_diff("kubeadm certificates", (Change("%s (%s)" % (r.target.name, r.target.cert_path),
-                                                        "expires %s" % r.old_not_after, "expires %s" % r.new_not_after)
-                                                 for r in plan.renewals if r.status == RENEW))
+    changes = [Change("%s (%s)" % (r.target.name, r.target.cert_path), "expires %s" % r.old_not_after,
+                      "expires %s" % r.new_not_after) for r in plan.renewals if r.status == RENEW]
+    changes += [Change(c.path, "an older admin.conf credential", "admin.conf's credential") for c in plan.copies
+                if c.status == REFRESH]
+    return summary_diff("kubeadm certificates", changes)
