@@ -151,6 +151,8 @@ def resolve_argv(argv, bin_dir):
 class Pod:
     def __init__(self, name, manifest, digest, spec, bin_dir, log_dir):
         self.name, self.manifest, self.hash = name, manifest, digest
+        grace = spec.get("terminationGracePeriodSeconds")
+        self.grace = float(grace) if isinstance(grace, (int, float)) and grace >= 0 else None  # None: the kubelet's default
         self.containers = [Container(name, c, bin_dir, log_dir) for c in spec["containers"]]
 
     def state(self):
@@ -158,12 +160,13 @@ class Pod:
 
 
 def stop_pods(pods_and_reasons, grace):
-    """SIGTERM every process group at once, then wait for all of them up to one shared grace period."""
+    """SIGTERM every process group at once, then wait for all of them up to one shared grace period: the longest
+    terminationGracePeriodSeconds of those pods, ``grace`` (the kubelet's default, 30 s) where a pod sets none."""
     for pod, _ in pods_and_reasons:
         for container in pod.containers:
             if container.proc is not None:
                 kill_group(container.proc.pid, signal.SIGTERM)
-    deadline = time.time() + grace
+    deadline = time.time() + max([grace if pod.grace is None else pod.grace for pod, _ in pods_and_reasons] or [grace])
     for pod, reason in pods_and_reasons:
         for container in pod.containers:
             container.finish_stop(deadline, reason)
@@ -447,7 +450,9 @@ def parse_args(argv):
     run.add_argument("--bin-dir")
     run.add_argument("--file-check-period", type=float, default=20.0)  # the kubelet's fileCheckFrequency
     run.add_argument("--heartbeat-period", type=float, default=10.0)  # its nodeStatusUpdateFrequency
-    run.add_argument("--stop-grace", type=float, default=10.0)
+    # The kubelet's default terminationGracePeriodSeconds: kube-apiserver's graceful shutdown (draining in-flight
+    # requests) takes more than 10 s; cutting it short with SIGKILL breaks requests no real kubelet would break.
+    run.add_argument("--stop-grace", type=float, default=30.0)
     commands.add_parser("status", help="print <state-dir>/pods.json").add_argument("--state-dir", required=True)
     return parser.parse_args(argv)
 
