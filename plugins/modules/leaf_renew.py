@@ -75,7 +75,7 @@ options:
     description:
       - Copies of C(admin.conf) made for people, such as C(/root/.kube/config). A copy with a user holding an older
         certificate of admin.conf's identity (same subject and issuer) gets admin.conf's credential as it is after
-        this task (renewed or not): only those two values change. Missing copies and copies of other identities are
+        this task (renewed or not); only those two values change. Missing copies and copies of other identities are
         left alone and reported.
     type: list
     elements: path

@@ -14,7 +14,7 @@ description:
   - Finds the control-plane static pods (C(etcd), C(kube-apiserver), C(kube-controller-manager), C(kube-scheduler))
     whose process started before one of the certificates, keys or kubeconfigs named on its command line was written,
     and restarts exactly those, one after the other, in that order.
-  - A restart is the kubelet's own, triggered by a manifest change: the annotation C(kubepki.io/restartedAt) (as
+  - A restart is the kubelet's own, triggered by a manifest change (the annotation C(kubepki.io/restartedAt), as
     C(kubectl rollout restart) sets C(kubectl.kubernetes.io/restartedAt)). The module then waits until the old
     process has ended, a new one runs, and the manifest's own probe (readiness, else startup, else liveness) answers.
   - A rerun restarts nothing (every pod started after its files were written).

@@ -118,8 +118,8 @@ def test_01_control_plane_runs(lab):
     assert published.returncode == 0, published.stderr
     with open(pki(cp1, "pki/ca.crt"), encoding="utf-8") as handle:
         assert json.loads(published.stdout)["data"]["ca.crt"].strip() == handle.read().strip()
-    sys.stderr.write("\nkubeadm lab up in %s s; RSS MiB per host %s\n" % (lab["timings"]["kubeadm_up_seconds"],
-                                                                         kubeadm_lab.rss_per_host(lab)))
+    sys.stderr.write("\nkubeadm lab up in %s s; RSS MiB per host %s\n"
+                     % (lab["timings"]["kubeadm_up_seconds"], kubeadm_lab.rss_per_host(lab)))
     STEPS["up"] = True
 
 

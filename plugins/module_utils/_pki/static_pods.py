@@ -207,10 +207,13 @@ def wait_restarted(restart: PodRestart, *, since: float, timeout: float, proc: s
             restart.waited_seconds = round(clock() - begun, 1)
             return
         if clock() > deadline:
-            state = "old process(es) %s still running" % sorted(set(pids) & set(restart.old_pids)) if set(pids) & set(restart.old_pids) \
-                else ("no new process" if not fresh else "probe %s not answering" % restart.probe.url)
-            raise RestartTimeout("%s did not come back within %.0f s after %s changed: %s" % (restart.name, timeout, restart.manifest,
-                                                                                               state), path=restart.manifest)
+            lingering = sorted(set(pids) & set(restart.old_pids))
+            if lingering:
+                state = "old process(es) %s still running" % lingering
+            else:
+                state = "no new process" if not fresh else "probe %s not answering" % restart.probe.url
+            raise RestartTimeout("%s did not come back within %.0f s after %s changed: %s"
+                                 % (restart.name, timeout, restart.manifest, state), path=restart.manifest)
         sleep(poll)
 
 

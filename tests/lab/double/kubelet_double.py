@@ -162,11 +162,11 @@ class Pod:
 def stop_pods(pods_and_reasons, grace):
     """SIGTERM every process group at once, then wait for all of them up to one shared grace period: the longest
     terminationGracePeriodSeconds of those pods, ``grace`` (the kubelet's default, 30 s) where a pod sets none."""
-    for pod, _ in pods_and_reasons:
+    for pod, _reason in pods_and_reasons:
         for container in pod.containers:
             if container.proc is not None:
                 kill_group(container.proc.pid, signal.SIGTERM)
-    deadline = time.time() + max([grace if pod.grace is None else pod.grace for pod, _ in pods_and_reasons] or [grace])
+    deadline = time.time() + max([grace if pod.grace is None else pod.grace for pod, _reason in pods_and_reasons] or [grace])
     for pod, reason in pods_and_reasons:
         for container in pod.containers:
             container.finish_stop(deadline, reason)
@@ -352,7 +352,7 @@ class NodeAgent:
         name = self.args.node_name
         node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {
             "kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"}}}
-        status, _ = client.call("POST", "/api/v1/nodes", node, ok=(200, 201, 409))
+        status, _body = client.call("POST", "/api/v1/nodes", node, ok=(200, 201, 409))
         with self.lock:
             self.status["registered"] = True
         log("node %s registered%s" % (name, " (already existed)" if status == 409 else ""))
