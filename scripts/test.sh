@@ -312,12 +312,13 @@ step_units_debian_crypto() {
 }
 step_pytest_roles() { pytest_suite tests/roles; }
 
-# kubeadm built from k8s.io/kubernetes (tests/kube/build.sh; cached per version in the clone's .cache/kube, so
-# only the first run on a machine builds), then the tests judged by it.
+# kubeadm, kube-apiserver, kube-controller-manager, kube-scheduler built from k8s.io/kubernetes and etcd from
+# go.etcd.io/etcd (tests/kube/build.sh; cached per version in the clone's .cache/kube, so only the first run on a
+# machine builds; the build prints its time), then the tests judged by them, the kubeadm lab's included.
 step_pytest_kube() {
     need_stage
     export KUBEPKI_KUBE_CACHE="${ROOT}/.cache/kube"
-    bash "${COLL}/tests/kube/build.sh" kubeadm
+    bash "${COLL}/tests/kube/build.sh"
     pytest_suite tests/kube
 }
 
@@ -388,7 +389,7 @@ run_step "ansible-test integration" step_integration 1200
 run_step "pytest tests/interop" step_pytest_interop 1200
 run_step "pytest tests/lab" step_pytest_lab 3600
 run_step "pytest tests/roles" step_pytest_roles 1800
-run_step "pytest tests/kube (real kubeadm)" step_pytest_kube 2400
+run_step "pytest tests/kube (real kubeadm + control plane)" step_pytest_kube 3000
 run_step "ansible-lint" step_ansible_lint 900
 run_step "antsibull-changelog lint" step_changelog_lint 300
 run_step "antsibull-docs lint" step_docs_lint 600

@@ -8,7 +8,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 name: kubepki_timing
 type: aggregate
-short_description: Record per-host task timings for bench/bench_rotate_ca.py
+short_description: Record per-host task timings for the benchmarks in bench/
 description:
   - Writes one JSON object per task result to the file named by E(KUBEPKI_TIMING_FILE).
 requirements:
@@ -47,6 +47,10 @@ class CallbackModule(CallbackBase):
         if isinstance(leaves, dict) and isinstance(leaves.get("elapsed"), (int, float)):
             # restart_node: its closing leaf check counts as overhead, not as waiting (bench_rotate_ca.py)
             line["leaves_elapsed"] = leaves["elapsed"]
+        pods = result._result.get("pods")
+        if task.action.endswith("static_pod_restart") and isinstance(pods, list):
+            # static_pod_restart: the seconds each restarted pod took to come back (bench_renew_kubeadm.py)
+            line["pods_waited"] = sum(pod.get("waited_seconds") or 0.0 for pod in pods if isinstance(pod, dict))
         with open(self._path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(line) + "\n")
 

@@ -221,8 +221,18 @@ def wait_ready(state: dict, timeout: float) -> dict:
     raise KubeadmLabError("nodes not Ready after %.0f s: %s" % (timeout, json.dumps(seen)))
 
 
+def trust_previous_sa_key(host: dict, public_pem: bytes) -> None:
+    """Append a public key to sa.pub: the cluster still trusts a key an earlier rotation kept (before the apiserver starts)."""
+    path = host_path(host, "/etc/kubernetes/pki/sa.pub")
+    with open(path, "rb") as handle:
+        if public_pem in handle.read():
+            return  # copied from the first node with it already
+    with open(path, "ab") as handle:
+        handle.write(public_pem)
+
+
 def up(base: str, bin_dir: str, control_plane_count: int = 3, worker_count: int = 1, timeout: float = 300.0,
-       owner_pid: int | None = None) -> dict:
+       owner_pid: int | None = None, previous_sa_pub: bytes | None = None) -> dict:
     started = time.monotonic()
     state = kubepki_lab.up(base, control_plane_count, worker_count, name=NAME, subnet=SUBNET, flavour="kubeadm",
                            owner_pid=owner_pid)
@@ -236,6 +246,8 @@ def up(base: str, bin_dir: str, control_plane_count: int = 3, worker_count: int 
             if index:
                 copy_shared(cps[0], host)
             make_control_plane(host, bin_dir, first=index == 0)
+            if previous_sa_pub:
+                trust_previous_sa_key(host, previous_sa_pub)
         for host in workers(state):
             make_worker(host, cps[0], bin_dir)
         for host in state["hosts"]:

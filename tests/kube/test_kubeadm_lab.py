@@ -23,7 +23,13 @@ import subprocess
 import sys
 import time
 
+import base64
+import ssl
+import urllib.request
+
 import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 import kubeadm_lab
 from kubeadm_node import snapshot
@@ -33,6 +39,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 PROBE = os.path.join(os.path.dirname(HERE), "lab", "probe.py")
 PLAYBOOK = os.path.join(REPO, "playbooks", "renew_kubeadm.yml")
+SA_PLAYBOOK = os.path.join(REPO, "playbooks", "rotate_service_key_kubeadm.yml")
+ISSUER = "https://kubernetes.default.svc.cluster.local"  # kubeadm's default --service-account-issuer
 STATIC_PODS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
 STEPS = {}  # step name -> outcome, so that a later step does not run on a failed earlier one
 
@@ -43,8 +51,12 @@ def run(argv, **kwargs):
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
+    """The lab, its sa.pub also trusting a key of an earlier rotation (kept in state["previous_sa_key"])."""
     base = str(tmp_path_factory.mktemp("kubeadm-lab"))
-    state = kubeadm_lab.up(base, kubeadm_lab.build_binaries(), owner_pid=os.getpid())
+    previous = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public_pem = previous.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    state = kubeadm_lab.up(base, kubeadm_lab.build_binaries(), owner_pid=os.getpid(), previous_sa_pub=public_pem)
+    state["previous_sa_key"] = previous
     try:
         yield state
     finally:
@@ -57,11 +69,11 @@ def needs(*steps):
         pytest.fail("an earlier step failed: %s" % ", ".join(missing))
 
 
-def playbook(state, *args, timeout=1500):
+def playbook(state, *args, timeout=1500, path=PLAYBOOK):
     env = dict(os.environ, ANSIBLE_HOST_KEY_CHECKING="False", ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
                ANSIBLE_DEPRECATION_WARNINGS="False", ANSIBLE_RETRY_FILES_ENABLED="False")
     started = time.monotonic()
-    result = run([shutil.which("ansible-playbook") or "ansible-playbook", "-i", state["inventory"], PLAYBOOK, *args],
+    result = run([shutil.which("ansible-playbook") or "ansible-playbook", "-i", state["inventory"], path, *args],
                  timeout=timeout, env=env, cwd=REPO)
     output = result.stdout + result.stderr
     with open(os.path.join(state["base"], "playbook-%d.log" % int(time.time())), "w", encoding="utf-8") as handle:
@@ -222,3 +234,100 @@ def test_05_rerun_renews_and_restarts_nothing(lab):
     assert all(row["changed"] == 0 for row in recap(output).values()), recap(output)
     assert all_files(lab) == before
     assert {h["name"]: pod_starts(h) for h in kubeadm_lab.control_planes(lab)} == starts
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# service-account key: TokenRequest and TokenReview through the real apiservers, with the admin credential
+
+
+def api(lab, host, method, path, body):
+    """One JSON request to host's apiserver as kubernetes-admin (the credential in host's admin.conf)."""
+    user = kubeadm_lab.yaml_user(pki(host, "admin.conf"))
+    files = os.path.join(lab["base"], "api-" + host["name"])
+    os.makedirs(files, exist_ok=True)
+    kubeadm_lab.write_b64(os.path.join(files, "admin.crt"), user["client-certificate-data"])
+    kubeadm_lab.write_b64(os.path.join(files, "admin.key"), user["client-key-data"])
+    context = ssl.create_default_context(cafile=pki(host, "pki/ca.crt"))
+    context.load_cert_chain(os.path.join(files, "admin.crt"), os.path.join(files, "admin.key"))
+    request = urllib.request.Request("https://%s:6443%s" % (host["address"], path), method=method,
+                                     data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, context=context, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def request_token(lab, host):
+    spec = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 3600}}
+    return api(lab, host, "POST", "/api/v1/namespaces/default/serviceaccounts/default/token", spec)["status"]["token"]
+
+
+def authenticated(lab, host, token):
+    review = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}}
+    return api(lab, host, "POST", "/apis/authentication.k8s.io/v1/tokenreviews", review)["status"].get("authenticated", False)
+
+
+def b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def forged_token(key, uid):
+    """A bound service-account token for default/default, RS256-signed with ``key`` (what an apiserver holding that key
+    would have issued)."""
+    now = int(time.time())
+    claims = {"iss": ISSUER, "aud": [ISSUER], "sub": "system:serviceaccount:default:default", "iat": now, "nbf": now,
+              "exp": now + 3600, "kubernetes.io": {"namespace": "default", "serviceaccount": {"name": "default", "uid": uid}}}
+    signing_input = "%s.%s" % (b64url(json.dumps({"alg": "RS256", "typ": "JWT"}).encode()), b64url(json.dumps(claims).encode()))
+    signature = key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+    return signing_input + "." + b64url(signature)
+
+
+def signed_by(token, public_key):
+    head, payload, signature = token.split(".")
+    try:
+        public_key.verify(base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4)), ("%s.%s" % (head, payload)).encode(),
+                          padding.PKCS1v15(), hashes.SHA256())
+        return True
+    except Exception:  # pylint: disable=broad-except  # InvalidSignature: not this key
+        return False
+
+
+def live_sa_key(host):
+    with open(pki(host, "pki/sa.key"), "rb") as handle:
+        return serialization.load_pem_private_key(handle.read(), None)
+
+
+def test_06_service_account_key_rotation_keeps_old_tokens(lab):
+    needs("up")
+    cps = kubeadm_lab.control_planes(lab)
+    deadline = time.monotonic() + 120
+    while True:  # the controller-manager's serviceaccount controller makes default/default
+        account = kubeadm_lab.kubectl(cps[0], "-n", "default", "get", "serviceaccount", "default", "-o", "json")
+        if account.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert account.returncode == 0, account.stderr
+    uid = json.loads(account.stdout)["metadata"]["uid"]
+    old_key = live_sa_key(cps[0])
+    old_token = request_token(lab, cps[0])
+    dropped_token = forged_token(lab["previous_sa_key"], uid)
+    assert signed_by(old_token, old_key.public_key())
+    for host in cps:  # before: both verify everywhere (the earlier key is trusted: its later failure is the drop)
+        assert authenticated(lab, host, old_token) and authenticated(lab, host, dropped_token), host["name"]
+
+    rc, output, seconds = playbook(lab, "-e", "service_key_rotation_keep=1", path=SA_PLAYBOOK)
+    assert rc == 0, output[-5000:]
+    sys.stderr.write("\nrotate_service_key_kubeadm.yml %.1f s\n" % seconds)
+    assert "PRIVATE KEY" not in output and "PUBLIC KEY" not in output and "LS0tLS1CRUdJTi" not in output  # no key, raw or base64
+
+    new_key = live_sa_key(cps[0])
+    assert new_key.public_key().public_numbers() != old_key.public_key().public_numbers()
+    for host in cps:
+        assert live_sa_key(host).private_numbers() == new_key.private_numbers(), host["name"]
+        with open(pki(host, "pki/sa.pub"), "rb") as handle:
+            assert handle.read().count(b"BEGIN PUBLIC KEY") == 2, host["name"]  # the new key and the one kept
+    new_token = request_token(lab, cps[1])
+    assert signed_by(new_token, new_key.public_key()) and not signed_by(new_token, old_key.public_key())
+    for host in cps:
+        assert authenticated(lab, host, old_token), "%s: a token issued before the rotation no longer verifies" % host["name"]
+        assert authenticated(lab, host, new_token), "%s: a token of the new key does not verify" % host["name"]
+        assert not authenticated(lab, host, dropped_token), "%s: a token of the dropped key still verifies" % host["name"]
+    kubeadm_lab.wait_ready(lab, 120)
