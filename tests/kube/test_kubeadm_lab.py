@@ -331,3 +331,59 @@ def test_06_service_account_key_rotation_keeps_old_tokens(lab):
         assert authenticated(lab, host, new_token), "%s: a token of the new key does not verify" % host["name"]
         assert not authenticated(lab, host, dropped_token), "%s: a token of the dropped key still verifies" % host["name"]
     kubeadm_lab.wait_ready(lab, 120)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# external CA on the running control plane
+
+EXTERNAL_PLAYBOOK = os.path.join(REPO, "playbooks", "external_ca_kubeadm.yml")
+CA_FILES = {"ca": "pki/ca", "front-proxy-ca": "pki/front-proxy-ca", "etcd-ca": "pki/etcd/ca"}
+
+
+def files_named(root, names):
+    return [os.path.join(base, name) for base, _dirs, files in os.walk(root) for name in files if name in names]
+
+
+def test_07_external_ca_mode_on_the_running_control_plane(lab):
+    needs("up")
+    cps = kubeadm_lab.control_planes(lab)
+    operator = os.path.join(lab["base"], "operator")
+    cas = {}
+    for name, base in CA_FILES.items():  # the operator's copies of the CAs, on the controller
+        os.makedirs(os.path.join(operator, "cas", name))
+        for suffix in (".crt", ".key"):
+            shutil.copyfile(pki(cps[0], base + suffix), os.path.join(operator, "cas", name, "ca" + suffix))
+        cas[name] = {"cert": os.path.join(operator, "cas", name, "ca.crt"), "key": os.path.join(operator, "cas", name, "ca.key")}
+    extra = json.dumps({"kubeadm_external_ca_controller_dir": os.path.join(operator, "requests"), "kubeadm_external_ca_cas": cas,
+                        "kubeadm_external_ca_validity_days": 200})
+    started = time.time()
+    rc, output, seconds = playbook(lab, "-e", extra, path=EXTERNAL_PLAYBOOK)
+    assert rc == 0, output[-5000:]
+    sys.stderr.write("\nexternal_ca_kubeadm.yml %.1f s\n" % seconds)
+    for base, _dirs, files in os.walk(os.path.join(operator, "requests")):
+        assert not [f for f in files if f.endswith(".key")], "a node's private key reached the controller: %s" % base
+    for host in cps:
+        report = kubeadm_report(lab, host)
+        assert all(ca["externallyManaged"] and not ca["missing"] for ca in report["certificateAuthorities"]), (host["name"], report)
+        for item in report["certificates"]:
+            if not item["missing"]:
+                assert item["externallyManaged"] and 199 * 86400 < item["residualTime"] <= 200 * 86400, (host["name"], item)
+        # no CA key on the node, backups included
+        leftovers = (files_named(kubeadm_lab.host_path(host, "/etc/kubernetes"), {"ca.key", "front-proxy-ca.key"})
+                     + files_named(kubeadm_lab.host_path(host, "/var/lib/kubepki"), {"ca.key", "front-proxy-ca.key"}))
+        assert not leftovers, leftovers
+        starts = pod_starts(host)
+        assert min(starts["kube-apiserver"]) > started and min(starts["kube-controller-manager"]) > started, (host["name"], starts)
+    kubeadm_lab.wait_ready(lab, 120)
+    # the control plane works on the new credentials: the controller-manager publishes the CA into a new namespace
+    created = kubeadm_lab.kubectl(cps[0], "create", "namespace", "kubepki-external-ca")
+    assert created.returncode == 0, created.stderr
+    deadline = time.monotonic() + 120
+    while True:
+        published = kubeadm_lab.kubectl(cps[1], "-n", "kubepki-external-ca", "get", "configmap", "kube-root-ca.crt")
+        if published.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert published.returncode == 0, published.stderr
+    rc, output, _seconds = playbook(lab, "-e", extra, path=EXTERNAL_PLAYBOOK)
+    assert rc == 0 and all(row["changed"] == 0 for row in recap(output).values()), recap(output)

@@ -12,7 +12,8 @@
    (extended key usages from the layout table, never from the request), written as ``<name>.crt`` beside it.
 3. On the node, ``plan_install``: every signed certificate checked (its key, the node's CA on disk signed it) before
    anything is written; then the key and certificate put in place (kubeconfigs get both embedded), and on request the
-   keys of the CAs that signed them removed, which is how kubeadm recognises an externally managed CA.
+   keys of the CAs that signed them removed, which is how kubeadm recognises an externally managed CA (and the
+   controller-manager's manifest loses its --cluster-signing-* flags, as kubeadm writes it in that mode).
 Each step plans completely before its apply writes anything.
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import re
 from dataclasses import dataclass, field
 
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.certs import (
@@ -128,9 +130,13 @@ def _csr_for(profile: dict, key):
 
 
 def plan_csrs(layout, request_dir: str, *, names=None, key_type: str | None = None) -> StepPlan:
-    """A key and a CSR per certificate, unless the request directory already holds a matching pair (rerun)."""
+    """A key and a CSR per certificate, unless the request directory already holds a matching pair (rerun). Without
+    ``names`` an entry the node does not have (super-admin.conf on a joined node) is reported missing; a named one fails."""
     items, writes = [], []
     for files in request_files(layout, request_dir, names):
+        if not os.path.exists(files.live_cert) and not names:
+            items.append({"name": files.name, "csr": None, "key": None, "state": "missing"})
+            continue
         if not os.path.exists(files.live_cert):
             raise InvalidInputError("%s does not exist: the CSR takes its subject and SANs from the node's current "
                                     "certificate (kubeadm certs generate-csr makes them from a config instead)"
@@ -199,6 +205,9 @@ def plan_install(layout, request_dir: str, *, names=None, remove_ca_keys: bool =
     plan the writes; ``remove_ca_keys`` removes the key of every CA that signed one of them."""
     items, writes, signers, ca_certificates = [], [], set(), {}
     for files in request_files(layout, request_dir, names):
+        if not names and not os.path.exists(files.live_cert) and not os.path.exists(files.csr):
+            items.append({"name": files.name, "path": files.live_cert, "state": "missing"})  # not on this node
+            continue
         if not os.path.exists(files.cert):
             raise InvalidInputError("%s is missing: sign %s first" % (files.cert, files.csr), path=files.cert)
         certificate = load_certificates(read_bytes(files.cert), source=files.cert)[0]
@@ -229,7 +238,24 @@ def plan_install(layout, request_dir: str, *, names=None, remove_ca_keys: bool =
     removals = []
     if remove_ca_keys:
         removals = [key for key in (_ca_files(layout, name)[1] for name in sorted(signers)) if os.path.exists(key)]
+        writes += _manifests_without_signing_key(layout, signers)
     return StepPlan(items, writes, removals, backup_root)
+
+
+def _manifests_without_signing_key(layout, signers) -> list:
+    """kubeadm writes the controller-manager's manifest without --cluster-signing-* in External CA mode (the flags name
+    ca.key, and the controller-manager exits when that file is missing): the same for a cluster moved to it."""
+    writes = []
+    for pod, (ca_name, flags) in layout.extra["external_ca_dropped_flags"].items():
+        path = os.path.join(layout.extra["manifests_dir"], pod + ".yaml")
+        if ca_name not in signers or not os.path.exists(path):
+            continue
+        text = read_bytes(path, what="static pod manifest").decode("utf-8")
+        pattern = re.compile(r"^[ \t]*- (%s)=.*\n" % "|".join(re.escape(flag) for flag in flags), re.MULTILINE)
+        new_text = pattern.sub("", text)
+        if new_text != text:
+            writes.append((path, new_text.encode("utf-8"), file_mode(path) or PRIVATE_FILE_MODE))
+    return writes
 
 
 def apply_step(plan: StepPlan) -> list:

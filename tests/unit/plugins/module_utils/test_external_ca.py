@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import yaml
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
@@ -100,3 +101,53 @@ def test_signing_checks_the_ca_pair_and_names(node, tmp_path):
         external_ca.plan_signing(node["layout"], str(tmp_path), ca_name="root", ca_cert_path="x", ca_key_path="y")
     with pytest.raises(InvalidInputError, match="unknown certificate name"):
         external_ca.plan_csrs(node["layout"], str(tmp_path), names=["kubelet.conf"])
+
+
+def test_joined_node_without_super_admin_conf(node, tmp_path):
+    """kubeadm join --control-plane writes no super-admin.conf: left out (reported missing) unless named."""
+    os.remove(os.path.join(node["base"], "super-admin.conf"))
+    request_dir = str(tmp_path / "requests")
+    plan = external_ca.plan_csrs(node["layout"], request_dir)
+    states = {item["name"]: item["state"] for item in plan.items}
+    assert states.pop("super-admin.conf") == "missing" and set(states.values()) == {"created"}
+    external_ca.apply_step(plan)
+    assert not os.path.exists(os.path.join(request_dir, "super-admin.conf.csr"))
+    _sign_all(node, request_dir)
+    install = external_ca.plan_install(node["layout"], request_dir)
+    assert {item["name"]: item["state"] for item in install.items}["super-admin.conf"] == "missing"
+    external_ca.apply_step(install)
+    assert not os.path.exists(os.path.join(node["base"], "super-admin.conf"))
+    with pytest.raises(InvalidInputError, match="super-admin.conf does not exist"):
+        external_ca.plan_csrs(node["layout"], str(tmp_path / "named"), names=["super-admin.conf"])
+
+
+KCM_MANIFEST = """apiVersion: v1
+kind: Pod
+metadata:
+  name: kube-controller-manager
+spec:
+  containers:
+  - command:
+    - kube-controller-manager
+    - --cluster-signing-cert-file=/etc/kubernetes/pki/ca.crt
+    - --cluster-signing-key-file=/etc/kubernetes/pki/ca.key
+    - --root-ca-file=/etc/kubernetes/pki/ca.crt
+    name: kube-controller-manager
+"""
+
+
+def test_removing_ca_key_drops_the_controller_managers_signing_flags(node, tmp_path):
+    manifest = os.path.join(node["base"], "manifests", "kube-controller-manager.yaml")
+    write_file(manifest, KCM_MANIFEST.encode(), 0o600)
+    request_dir = str(tmp_path / "requests")
+    external_ca.apply_step(external_ca.plan_csrs(node["layout"], request_dir))
+    _sign_all(node, request_dir)
+    kept = external_ca.plan_install(node["layout"], request_dir)  # CA keys kept: the flags stay
+    assert manifest not in [w[0] for w in kept.writes]
+    copies = external_ca.apply_step(external_ca.plan_install(node["layout"], request_dir, remove_ca_keys=True,
+                                                             backup_root=node["backup"]))
+    with open(manifest, encoding="utf-8") as handle:
+        command = yaml.safe_load(handle)["spec"]["containers"][0]["command"]
+    assert command == ["kube-controller-manager", "--root-ca-file=/etc/kubernetes/pki/ca.crt"]
+    assert node["backup"] + manifest in copies
+    assert os.stat(manifest).st_mode & 0o777 == 0o600
