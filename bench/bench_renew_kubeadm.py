@@ -53,7 +53,7 @@ def timed_playbook(inventory: str, timing: str, *args: str) -> tuple:
 
 def breakdown(wall: float, records: list) -> dict:
     pods = sum(r.get("pods_waited", 0.0) for r in records)
-    gates = sum(r["end"] - r["start"] for r in records if r["start"] and r["task"].startswith(GATE_PREFIX) and r["status"] != "skipped")
+    gates = sum(r["end"] - r["start"] for r in records if r["start"] and GATE_PREFIX in r["task"] and r["status"] != "skipped")
     return {"wall": wall, "static_pods": pods, "gates": gates, "rest": wall - pods - gates}
 
 

@@ -24,6 +24,7 @@ How each host is made, with the real kubeadm (tests/kube/build.sh):
 Usage (root)::
 
     python3 tests/kube/kubeadm_lab.py up --dir /tmp/kubeadm-lab [--control-planes 3] [--workers 1]
+    python3 tests/kube/kubeadm_lab.py exec --dir /tmp/kubeadm-lab --host cp1 -- kubectl --kubeconfig /etc/kubernetes/admin.conf get nodes
     python3 tests/kube/kubeadm_lab.py down --dir /tmp/kubeadm-lab
 """
 
@@ -293,10 +294,19 @@ def main(argv=None) -> int:
     p_up.add_argument("--workers", type=int, default=1)
     p_down = sub.add_parser("down")
     p_down.add_argument("--dir", required=True)
+    p_exec = sub.add_parser("exec", help="run a command on a lab host (its network, mount and UTS namespaces)")
+    p_exec.add_argument("--dir", required=True)
+    p_exec.add_argument("--host", required=True)
+    p_exec.add_argument("argv", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if args.command == "down":
         kubepki_lab.down(args.dir)
         return 0
+    if args.command == "exec":
+        state = kubepki_lab.load_state(args.dir)
+        host = next(h for h in state["hosts"] if h["name"] == args.host)
+        argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+        return subprocess.call(["nsenter", "-t", str(host["pid"]), "-m", "-u", "-n", "--", *argv])
     state = up(args.dir, build_binaries(), args.control_planes, args.workers)
     print("kubeadm lab up in %.1f s; inventory %s; RSS MiB per host %s"
           % (state["timings"]["kubeadm_up_seconds"], state["inventory"], json.dumps(rss_per_host(state))))
