@@ -97,7 +97,7 @@ backup_files:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.layout import KUBEADM_DISTRIBUTIONS, get_layout
-from ansible_collections.kubepki.certs.plugins.module_utils._pki.module_edge import run_engine
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.module_edge import probe_ok, run_engine
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.static_pods import (
     apply_restarts,
     plan_restarts,
@@ -130,7 +130,7 @@ def main():
         result["diff"] = restart_diff(restarts)
     if changed and not module.check_mode:
         result["backup_files"] = run_engine(module, apply_restarts, restarts, backup_root=params["backup_dir"],
-                                            timeout=params["timeout"])
+                                            timeout=params["timeout"], probe_ok=probe_ok)
         result.update(restart_report(restarts))
     module.exit_json(changed=changed, **result)
 

@@ -254,8 +254,8 @@ def _kubeadm_layout(data_dir: str | None) -> Layout:
                "admin_kubeconfig": "admin.conf",  # the one operators copy to ~/.kube/config
                "manifests_dir": os.path.join(base, "manifests"),
                # flags kubeadm leaves out of a static pod in External CA mode: they name the CA key (pod: (CA, flags))
-               "external_ca_dropped_flags": {"kube-controller-manager": ("ca", ("--cluster-signing-cert-file",
-                                                                                 "--cluster-signing-key-file"))},
+               "external_ca_dropped_flags": {
+                   "kube-controller-manager": ("ca", ("--cluster-signing-cert-file", "--cluster-signing-key-file"))},
                # the control-plane static pods, in the order a restart goes (etcd under the apiserver first)
                "static_pods": ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"),
                "etcd_manifest": os.path.join(base, "manifests", "etcd.yaml"),

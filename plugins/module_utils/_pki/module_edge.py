@@ -72,3 +72,19 @@ def fetch_cacerts(url: str, ca_file: str, timeout: float):
             response.close()
     except (OSError, URLError, ssl.SSLError, ValueError, UrlsConnectionError) as exc:
         return None, str(getattr(exc, "reason", exc))[:300]
+
+
+def probe_ok(url: str, timeout: float = 5.0) -> bool:
+    """A static pod's httpGet probe, judged as the kubelet judges it: any 2xx; an HTTPS probe's certificate is not
+    verified (the kubelet's is not either: the probe asks "is it up", not "is it trusted")."""
+    from ansible.module_utils.urls import ConnectionError as UrlsConnectionError
+    from ansible.module_utils.urls import open_url
+
+    try:
+        response = open_url(url, validate_certs=False, timeout=timeout, use_proxy=False, follow_redirects="none")
+        try:
+            return 200 <= response.getcode() < 300
+        finally:
+            response.close()
+    except (OSError, URLError, ssl.SSLError, ValueError, UrlsConnectionError):
+        return False

@@ -19,10 +19,7 @@ from __future__ import annotations
 import datetime
 import os
 import re
-import ssl
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.diffs import Change, summary_diff
@@ -182,27 +179,16 @@ def plan_restarts(manifests_dir: str, names, *, force: bool = False, proc: str =
     return [plan_restart(manifests_dir, name, force=force, proc=proc) for name in names]
 
 
-def probe_ok(probe: Probe, timeout: float = 5.0) -> bool:
-    # The kubelet does not verify a probe's certificate either: the probe asks "is it up", not "is it trusted".
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    try:
-        with urllib.request.urlopen(probe.url, timeout=timeout, context=context) as response:  # nosec - probe URL from the manifest
-            return 200 <= response.status < 300
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
-
-
-def wait_restarted(restart: PodRestart, *, since: float, timeout: float, proc: str = "/proc", poll: float = 0.5,
+def wait_restarted(restart: PodRestart, *, since: float, timeout: float, probe_ok, proc: str = "/proc", poll: float = 0.5,
                    clock=time.monotonic, sleep=time.sleep) -> None:
-    """Wait until the old processes are gone, a new one runs (started after ``since``) and the probe answers."""
+    """Wait until the old processes are gone, a new one runs (started after ``since``) and the probe answers
+    (``probe_ok(url) -> bool``, module_edge.probe_ok: the HTTP client is Ansible's, at the module's edge)."""
     deadline = clock() + timeout
     begun = clock()
     while True:
         pids = pod_processes(restart.binary, proc)
         fresh = [pid for pid in pids if pid not in restart.old_pids and process_start(pid, proc) >= since - 0.5]
-        if fresh and not set(pids) & set(restart.old_pids) and (restart.probe is None or probe_ok(restart.probe)):
+        if fresh and not set(pids) & set(restart.old_pids) and (restart.probe is None or probe_ok(restart.probe.url)):
             restart.new_pid = fresh[0]
             restart.waited_seconds = round(clock() - begun, 1)
             return
@@ -217,7 +203,7 @@ def wait_restarted(restart: PodRestart, *, since: float, timeout: float, proc: s
         sleep(poll)
 
 
-def apply_restarts(restarts: list, *, backup_root: str, timeout: float, proc: str = "/proc", now=None) -> list:
+def apply_restarts(restarts: list, *, backup_root: str, timeout: float, probe_ok=None, proc: str = "/proc", now=None) -> list:
     """Restart each stale pod in turn (annotate, wait for the new process and its probe); returns the backup copies."""
     tree = backup_tree(backup_root)
     copies = []
@@ -233,7 +219,7 @@ def apply_restarts(restarts: list, *, backup_root: str, timeout: float, proc: st
         since = time.time()
         atomic_write(restart.manifest, annotate(text, moment.strftime("%Y-%m-%dT%H:%M:%SZ"), restart.manifest).encode("utf-8"),
                      mode=file_mode(restart.manifest) or PRIVATE_FILE_MODE)
-        wait_restarted(restart, since=since, timeout=timeout, proc=proc)
+        wait_restarted(restart, since=since, timeout=timeout, probe_ok=probe_ok, proc=proc)
     return copies
 
 
