@@ -39,8 +39,8 @@ options:
     type: str
     default: kubeadm
     choices: [kubeadm]
-  manifests_dir:
-    description: The kubelet's static pod directory (default C(/etc/kubernetes/manifests)).
+  data_dir:
+    description: The kubeadm directory whose C(manifests/) holds the static pods (default C(/etc/kubernetes)).
     type: path
   pods:
     description: The static pods to consider (manifest C(<name>.yaml)); a pod whose manifest is absent is reported.
@@ -111,7 +111,7 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             distribution=dict(type="str", default=KUBEADM_DISTRIBUTIONS[0], choices=list(KUBEADM_DISTRIBUTIONS)),
-            manifests_dir=dict(type="path"),
+            data_dir=dict(type="path"),
             pods=dict(type="list", elements="str", default=list(default_layout.extra["static_pods"])),
             force=dict(type="bool", default=False),
             timeout=dict(type="int", default=300),
@@ -120,9 +120,8 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
-    layout = run_engine(module, get_layout, params["distribution"])
-    manifests_dir = params["manifests_dir"] or layout.extra["manifests_dir"]
-    restarts = run_engine(module, plan_restarts, manifests_dir, params["pods"], force=params["force"])
+    layout = run_engine(module, get_layout, params["distribution"], data_dir=params["data_dir"])
+    restarts = run_engine(module, plan_restarts, layout.extra["manifests_dir"], params["pods"], force=params["force"])
     result = restart_report(restarts)
     result["backup_files"] = []
     changed = bool(result["restarted"])

@@ -101,10 +101,13 @@ def build_binaries() -> str:
     return bin_dir
 
 
+def host_argv(host: dict, argv: list) -> list:
+    """argv run on a lab host: in the network, mount and UTS namespaces of its sshd."""
+    return ["nsenter", "-t", str(host["pid"]), "-m", "-u", "-n", "--", *argv]
+
+
 def in_host(host: dict, argv: list, **kwargs) -> subprocess.CompletedProcess:
-    """Run argv on a lab host: in the network, mount and UTS namespaces of its sshd."""
-    return subprocess.run(["nsenter", "-t", str(host["pid"]), "-m", "-u", "-n", "--", *argv], capture_output=True, text=True,
-                          check=False, **kwargs)
+    return subprocess.run(host_argv(host, argv), capture_output=True, text=True, check=False, **kwargs)
 
 
 def host_path(host: dict, path: str) -> str:
@@ -165,10 +168,10 @@ def make_worker(host: dict, first_cp: dict, bin_dir: str) -> None:
 
 
 def start_kubelet(host: dict, bin_dir: str, file_check_period: float = FILE_CHECK_PERIOD) -> None:
-    argv = ["nsenter", "-t", str(host["pid"]), "-m", "-u", "-n", "--", "/usr/bin/python3",
-            KUBELET_DOUBLE, "run", "--manifests", "/etc/kubernetes/manifests", "--kubeconfig", "/etc/kubernetes/kubelet.conf",
-            "--node-name", host["name"], "--node-ip", host["address"], "--state-dir", DOUBLE_STATE, "--bin-dir", bin_dir,
-            "--file-check-period", str(file_check_period)]
+    argv = host_argv(host, ["/usr/bin/python3", KUBELET_DOUBLE, "run", "--manifests", "/etc/kubernetes/manifests",
+                            "--kubeconfig", "/etc/kubernetes/kubelet.conf", "--node-name", host["name"],
+                            "--node-ip", host["address"], "--state-dir", DOUBLE_STATE, "--bin-dir", bin_dir,
+                            "--file-check-period", str(file_check_period)])
     log_path = os.path.join(host["root"], "kubelet-double.log")
     with open(log_path, "ab") as log:
         # The double outlives this call; the lab's teardown stops every process of the host's namespace.
@@ -306,7 +309,7 @@ def main(argv=None) -> int:
         state = kubepki_lab.load_state(args.dir)
         host = next(h for h in state["hosts"] if h["name"] == args.host)
         argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
-        return subprocess.call(["nsenter", "-t", str(host["pid"]), "-m", "-u", "-n", "--", *argv])
+        return subprocess.call(host_argv(host, argv))
     state = up(args.dir, build_binaries(), args.control_planes, args.workers)
     print("kubeadm lab up in %.1f s; inventory %s; RSS MiB per host %s"
           % (state["timings"]["kubeadm_up_seconds"], state["inventory"], json.dumps(rss_per_host(state))))

@@ -32,13 +32,17 @@ class CopyRefresh:
     writes: list = field(default_factory=list, repr=False)  # (path, bytes, mode)
 
 
-def embedded_credential(text: str, path: str) -> tuple:
-    """(certificate data, key data) of the single user of a kubeadm kubeconfig (base64 strings as written)."""
+def single_user(text: str, path: str) -> dict:
+    """The single user of a kubeadm kubeconfig, with its embedded client certificate and key."""
     users = parse_kubeconfig(text, source=path)["users"]
-    if len(users) != 1 or not users[0].get(CERT_FIELD) or not users[0].get(KEY_FIELD):
-        raise InvalidInputError("%s does not hold exactly one user with an embedded client certificate and key" % path,
-                                path=path)
-    return users[0][CERT_FIELD], users[0][KEY_FIELD]
+    if len(users) != 1:
+        raise InvalidInputError("%s has %d users; a kubeadm kubeconfig has exactly one" % (path, len(users)), path=path)
+    user = users[0]
+    if not user.get("client-certificate-data") or not user.get("client-key-data"):
+        raise InvalidInputError("%s does not embed its client certificate and key (client-certificate-data, "
+                                "client-key-data); kubeadm writes them embedded: regenerate it with kubeadm init phase "
+                                "kubeconfig" % path, path=path)
+    return user
 
 
 def _identity(cert_data: str, source: str) -> tuple:
@@ -57,7 +61,8 @@ def plan_copy_refresh(source_path: str, source_text: str, copy_path: str) -> Cop
     """What to do with one copy so that it holds ``source_text``'s credential (the source as it will be)."""
     if not os.path.exists(copy_path):
         return CopyRefresh(copy_path, MISSING, "%s does not exist" % copy_path)
-    new_cert, new_key = embedded_credential(source_text, source_path)
+    source_user = single_user(source_text, source_path)
+    new_cert, new_key = source_user[CERT_FIELD], source_user[KEY_FIELD]
     identity = _identity(new_cert, source_path)
     text = read_bytes(copy_path, what="kubeconfig copy").decode("utf-8")
     for user in parse_kubeconfig(text, source=copy_path)["users"]:

@@ -258,7 +258,7 @@ def _kubeadm_layout(data_dir: str | None) -> Layout:
                    "kube-controller-manager": ("ca", ("--cluster-signing-cert-file", "--cluster-signing-key-file"))},
                # the control-plane static pods, in the order a restart goes (etcd under the apiserver first)
                "static_pods": ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"),
-               "etcd_manifest": os.path.join(base, "manifests", "etcd.yaml"),
+               "etcd_manifest": os.path.join(base, "manifests", "etcd.yaml"),  # = <manifests_dir>/etcd.yaml
                "restarts": {"apiserver": ("kube-apiserver",), "apiserver-kubelet-client": ("kube-apiserver",),
                             "apiserver-etcd-client": ("kube-apiserver",), "front-proxy-client": ("kube-apiserver",),
                             "etcd-server": ("etcd",), "etcd-peer": ("etcd",),

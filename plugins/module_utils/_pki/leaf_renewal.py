@@ -47,8 +47,8 @@ from ansible_collections.kubepki.certs.plugins.module_utils._pki.keys import (
     load_private_key,
     serialize_private_key,
 )
-from ansible_collections.kubepki.certs.plugins.module_utils._pki.kubeconfig import decode_embedded, parse_kubeconfig
-from ansible_collections.kubepki.certs.plugins.module_utils._pki.kubeconfig_copies import REFRESH, plan_copy_refresh
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.kubeconfig import decode_embedded
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.kubeconfig_copies import REFRESH, plan_copy_refresh, single_user
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.trees import backup_tree
 
 RENEW, KEEP, MISSING, EXTERNAL = "renew", "keep", "missing", "external"
@@ -115,23 +115,11 @@ def _ca_pair(layout, ca_name: str):
     return certificate, key, key_path
 
 
-def _only_user(text: str, path: str) -> dict:
-    users = parse_kubeconfig(text, source=path)["users"]
-    if len(users) != 1:
-        raise InvalidInputError("%s has %d users; a kubeadm kubeconfig has exactly one" % (path, len(users)), path=path)
-    user = users[0]
-    if not user.get("client-certificate-data") or not user.get("client-key-data"):
-        raise InvalidInputError("%s does not embed its client certificate and key (client-certificate-data, "
-                                "client-key-data); kubeadm writes them embedded: regenerate it with kubeadm init phase "
-                                "kubeconfig" % path, path=path)
-    return user
-
-
 def current_credentials(target: Target):
     """(certificate, key, kubeconfig text or None) as on disk now."""
     if target.in_kubeconfig:
         text = read_bytes(target.cert_path, what="kubeconfig").decode("utf-8")
-        user = _only_user(text, target.cert_path)
+        user = single_user(text, target.cert_path)
         certificate = load_certificates(decode_embedded(user["client-certificate-data"], source=target.cert_path),
                                         source=target.cert_path)[0]
         key = load_private_key(decode_embedded(user["client-key-data"], source=target.cert_path), source=target.cert_path)

@@ -163,14 +163,14 @@ def plan_restart(manifests_dir: str, name: str, *, force: bool = False, proc: st
     if not pids:
         raise InvalidInputError("no %s process runs on this node although %s exists: the kubelet does not run this static "
                                 "pod; fix that before restarting anything" % (binary, path), path=path)
-    inputs = [p for p in pod_inputs(container) if os.path.exists(p)]
-    newest = max((os.stat(p).st_mtime for p in inputs), default=0.0)
+    mtimes = {p: os.stat(p).st_mtime for p in pod_inputs(container) if os.path.exists(p)}
+    newest = max(mtimes.values(), default=0.0)
     started = min(process_start(pid, proc) for pid in pids)
     probe = probe_of(container)
     if force:
         return PodRestart(name, path, binary, RESTART, "restart asked for", probe, pids)
     if started < newest:
-        changed = sorted(p for p in inputs if os.stat(p).st_mtime > started)
+        changed = sorted(p for p, mtime in mtimes.items() if mtime > started)
         return PodRestart(name, path, binary, RESTART, "started before %s changed" % ", ".join(changed), probe, pids)
     return PodRestart(name, path, binary, CURRENT, "started after its certificates and kubeconfigs were written", probe, pids)
 
