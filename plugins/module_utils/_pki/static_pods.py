@@ -62,6 +62,12 @@ class PodRestart:
 
 # --- processes ------------------------------------------------------------------------------------------------------
 
+# A start time read from /proc is the boot time (from /proc/uptime, truncated to 10 ms) plus the start in clock ticks
+# (truncated to 1/CLK_TCK), so it can sit a few ticks either side of the truth. A file written within that window of
+# the start cannot be ordered against it; the safe answer is "restart".
+START_TIME_UNCERTAINTY = 0.01 + 2.0 / os.sysconf("SC_CLK_TCK")
+
+
 def boot_time(proc: str = "/proc") -> float:
     """Boot time to the hundredth of a second (/proc/stat's btime is whole seconds: too coarse to order a process start
     against a file written the same second)."""
@@ -169,8 +175,8 @@ def plan_restart(manifests_dir: str, name: str, *, force: bool = False, proc: st
     probe = probe_of(container)
     if force:
         return PodRestart(name, path, binary, RESTART, "restart asked for", probe, pids)
-    if started < newest:
-        changed = sorted(p for p, mtime in mtimes.items() if mtime > started)
+    if started < newest + START_TIME_UNCERTAINTY:
+        changed = sorted(p for p, mtime in mtimes.items() if mtime > started - START_TIME_UNCERTAINTY)
         return PodRestart(name, path, binary, RESTART, "started before %s changed" % ", ".join(changed), probe, pids)
     return PodRestart(name, path, binary, CURRENT, "started after its certificates and kubeconfigs were written", probe, pids)
 

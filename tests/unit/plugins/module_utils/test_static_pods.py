@@ -70,6 +70,9 @@ def pod(tmp_path):
     processes = []
 
     def start():
+        # files written within the start-time uncertainty of the start are judged "changed" (the safe side); start
+        # clearly after them so the test is about ordering, not the clock's resolution
+        time.sleep(3 * static_pods.START_TIME_UNCERTAINTY)
         processes.append(subprocess.Popen([str(binary), "300"]))  # pylint: disable=consider-using-with
         deadline = time.monotonic() + 5
         while not static_pods.pod_processes(name) and time.monotonic() < deadline:
@@ -85,7 +88,7 @@ def pod(tmp_path):
 
 
 def _touch_later(path):
-    time.sleep(0.05)
+    time.sleep(2 * static_pods.START_TIME_UNCERTAINTY)
     with open(path, "a", encoding="utf-8") as handle:
         handle.write("\n")
 
@@ -128,6 +131,14 @@ def test_file_written_after_the_start_makes_it_stale_naming_the_file(pod):
     restart = static_pods.plan_restart(pod["manifests"], pod["name"])
     assert restart.status == static_pods.RESTART
     assert pod["cert"] in restart.reason and pod["path"] not in restart.reason
+
+
+def test_file_written_within_the_clock_uncertainty_of_the_start_is_judged_changed(pod):
+    started = static_pods.process_start(pod["start"]().pid)
+    written = started - static_pods.START_TIME_UNCERTAINTY / 2
+    os.utime(pod["cert"], (written, written))
+    restart = static_pods.plan_restart(pod["manifests"], pod["name"])
+    assert restart.status == static_pods.RESTART and pod["cert"] in restart.reason
 
 
 def test_manifest_without_process_fails_and_absent_manifest_is_reported(pod):
