@@ -256,6 +256,13 @@ def _kubeadm_layout(data_dir: str | None) -> Layout:
                # flags kubeadm leaves out of a static pod in External CA mode: they name the CA key (pod: (CA, flags))
                "external_ca_dropped_flags": {
                    "kube-controller-manager": ("ca", ("--cluster-signing-cert-file", "--cluster-signing-key-file"))},
+               # flags that cannot take a bundle (kubeadm#1350): during a CA rotation they name a separate file holding
+               # the new CA alone, pki/<ca>-next.crt/.key (pod: (CA, {flag: "cert" or "key"}))
+               "ca_rotation_single_file_flags": {
+                   "kube-controller-manager": ("ca", {"--client-ca-file": "cert", "--cluster-signing-cert-file": "cert",
+                                                      "--cluster-signing-key-file": "key"})},
+               # the kubelet's kubeconfig (its client certificate is embedded, or a file such as kubelet-client-current.pem)
+               "kubelet_kubeconfig": "kubelet.conf",
                # the control-plane static pods, in the order a restart goes (etcd under the apiserver first)
                "static_pods": ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"),
                "etcd_manifest": os.path.join(base, "manifests", "etcd.yaml"),  # = <manifests_dir>/etcd.yaml
