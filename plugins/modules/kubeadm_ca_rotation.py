@@ -25,9 +25,18 @@ description:
     leaves without the cross-signed certificate, restores the controller-manager flags and removes the C(-next) files.
     Every file is compared with what the phase puts there first, so a rerun after an interruption writes only what is
     left. Each file is backed up under C(<state_dir>/backup/<phase>) the first time the phase changes it.
+  - On a node without CA keys (a worker) the kubelet's credential is renewed at promote without a CA key there.
+    O(step=request) keeps a new key under C(<state_dir>/requests) (0600) and returns a CSR per kubeconfig whose
+    credential the new CA has not issued yet; O(step=sign), on a control-plane node, signs such CSRs with the staged new
+    cluster CA (node identities only, C(system:node:<name>) in C(system:nodes)); O(step=apply) with O(signed) installs
+    them.
   - O(step=record) records the phase as done on this node in C(<state_dir>/state.json); the next phase refuses to run
     before it. O(step=rollback) restores the files of O(phase) from its backup, removes the files it created and
     forgets the record. O(step=status) reads the record.
+  - O(step=published) (read-only, needs kubectl and C(admin.conf)) lists the namespaces whose C(kube-root-ca.crt)
+    ConfigMap does not hold the new cluster CA yet (the controller-manager publishes it from C(--root-ca-file)).
+    O(step=cluster_info) puts the new cluster CA alone into C(kube-public/cluster-info) when that ConfigMap exists
+    (kubeadm join's discovery; a bundle there makes join loop, kubernetes/kubeadm#1399).
 author:
   - kubepki.certs developers (@kubepki)
 extends_documentation_fragment:
@@ -44,7 +53,7 @@ options:
     description: Which step to run (see the description).
     type: str
     required: true
-    choices: [stage, apply, record, rollback, status]
+    choices: [stage, request, sign, apply, record, rollback, status, published, cluster_info]
   phase:
     description: The phase to apply, record or roll back.
     type: str
@@ -68,6 +77,17 @@ options:
       backups, C(state.json)).
     type: path
     required: true
+  requests:
+    description: O(step=sign) only. The CSRs to sign, as O(step=request) returned them.
+    type: list
+    elements: dict
+    default: []
+  signed:
+    description: O(step=apply) only, on a node without CA keys. The certificates O(step=sign) returned for this node's
+      requests.
+    type: list
+    elements: dict
+    default: []
   validity_days:
     description: Validity of the re-issued leaves, never past the new CA's own.
     type: int
@@ -120,6 +140,30 @@ changes:
   type: list
   elements: dict
   sample: [{"path": /etc/kubernetes/pki/ca.crt, "action": write, "what": "trust old + new"}]
+requests:
+  description: O(step=request) only. Per kubeconfig needing a certificate of the new CA, its file name and CSR (PEM).
+  returned: when O(step=request)
+  type: list
+  elements: dict
+signed:
+  description: O(step=sign) only. Per request, the kubeconfig file name and the certificate (PEM).
+  returned: when O(step=sign)
+  type: list
+  elements: dict
+stale_namespaces:
+  description: O(step=published) only. The namespaces whose C(kube-root-ca.crt) lacks the new CA (empty when published).
+  returned: when O(step=published)
+  type: list
+  elements: str
+staged:
+  description: Whether this node holds the staged certificates of every rotated CA.
+  returned: always
+  type: bool
+started:
+  description: The phases with a backup on this node (begun, not rolled back), in order.
+  returned: always
+  type: list
+  elements: str
 done:
   description: The phases recorded as done on this node, in order.
   returned: always
@@ -127,15 +171,19 @@ done:
   elements: str
 """
 
+import json
+
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.kubepki.certs.plugins.module_utils._pki import kubeadm_ca_cluster as cluster
 from ansible_collections.kubepki.certs.plugins.module_utils._pki import kubeadm_ca_phases as phases
+from ansible_collections.kubepki.certs.plugins.module_utils._pki import kubeadm_ca_requests as requests
 from ansible_collections.kubepki.certs.plugins.module_utils._pki import kubeadm_ca_stage as stage
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.diffs import Change, summary_diff
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.layout import KUBEADM_CA_NAMES, KUBEADM_DISTRIBUTIONS, get_layout
-from ansible_collections.kubepki.certs.plugins.module_utils._pki.module_edge import require_cryptography, run_engine
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.module_edge import kubectl_command, require_cryptography, run_engine
 
-STEPS = ("stage", "apply", "record", "rollback", "status")
+STEPS = ("stage", "request", "sign", "apply", "record", "rollback", "status", "published", "cluster_info")
 
 
 def _stage_dir(params) -> str:
@@ -144,6 +192,9 @@ def _stage_dir(params) -> str:
 
 def _stage(module, layout):
     params = module.params
+    if phases.FINALIZE in run_engine(module, phases.done_phases, params["state_dir"]):
+        module.fail_json(msg="the rotation in %s is finished (finalize recorded); start another with a new state_dir"
+                         % params["state_dir"])
     planned = run_engine(module, stage.plan_stage, layout, _stage_dir(params), params["cas"],
                          validity_days=params["ca_validity_days"])
     writes = [w for _name, _status, files in planned for w in files]
@@ -161,13 +212,43 @@ def _apply(module, layout):
     params = module.params
     run_engine(module, phases.check_order, params["state_dir"], params["phase"])
     staged = run_engine(module, stage.load_staged, layout, _stage_dir(params), params["cas"])
-    plan = run_engine(module, phases.plan_phase, layout, staged, params["phase"], validity_days=params["validity_days"])
+    signed = {}
+    if params["signed"] and "ca" in staged:
+        signed = run_engine(module, requests.load_signed, layout, staged["ca"], _requests_dir(params),
+                            {item["name"]: item["certificate"] for item in params["signed"]})
+    plan = run_engine(module, phases.plan_phase, layout, staged, params["phase"], validity_days=params["validity_days"],
+                      signed=signed, to_be_signed=module.check_mode)
     result = {"changes": phases.phase_report(plan), "cas": stage.staged_report(staged)}
     if module._diff and plan.changed:
         result["diff"] = phases.phase_diff(plan)
     if plan.changed and not module.check_mode:
         run_engine(module, phases.apply_phase, plan, params["state_dir"])
     return plan.changed, result
+
+
+def _requests_dir(params) -> str:
+    return params["state_dir"].rstrip("/") + "/requests"
+
+
+def _request(module, layout):
+    params = module.params
+    staged = run_engine(module, stage.load_staged, layout, _stage_dir(params), ["ca"])
+    planned = run_engine(module, requests.plan_requests, layout, staged["ca"], _requests_dir(params))
+    writes = [write for _path, write, _csr in planned if write is not None]
+    if writes and not module.check_mode:
+        run_engine(module, requests.apply_requests, _requests_dir(params), planned)
+    return bool(writes), {"changes": [{"path": w[0], "action": "write", "what": "a request key"} for w in writes],
+                          "requests": [{"name": path.rsplit("/", 1)[-1], "csr": csr.decode("ascii")} for path, _w, csr in planned]}
+
+
+def _sign(module, layout):
+    params = module.params
+    staged = run_engine(module, stage.load_staged, layout, _stage_dir(params), ["ca"])
+    signed = [{"name": item["name"],
+               "certificate": run_engine(module, requests.sign_node_request, staged["ca"], item["csr"].encode("ascii"),
+                                         validity_days=params["validity_days"]).decode("ascii")}
+              for item in params["requests"]]
+    return False, {"changes": [], "signed": signed}
 
 
 def _record(module, layout):
@@ -197,6 +278,45 @@ def _rollback(module, _layout):
     return changed, result
 
 
+def _kubectl(module, layout, *args) -> tuple:
+    argv = kubectl_command(module, layout)
+    if argv is None:
+        module.fail_json(msg="kubectl is not on the PATH of this node; the %s step reads the cluster through it" % module.params["step"])
+    return module.run_command(argv + ["--request-timeout", "10s"] + list(args))
+
+
+def _new_cluster_ca(module, layout) -> bytes:
+    staged = run_engine(module, stage.load_staged, layout, _stage_dir(module.params), ["ca"])
+    return staged["ca"].new_pem
+
+
+def _published(module, layout):
+    new_pem = _new_cluster_ca(module, layout)
+    rc, out, err = _kubectl(module, layout, "get", "configmaps", "--all-namespaces", "--field-selector",
+                            "metadata.name=%s" % cluster.ROOT_CA_CONFIGMAP, "-o", "json")
+    if rc != 0:
+        module.fail_json(msg="kubectl get configmaps failed: %s" % err.strip()[-500:])
+    return False, {"changes": [], "stale_namespaces": run_engine(module, cluster.stale_root_ca, out, new_pem)}
+
+
+def _cluster_info(module, layout):
+    new_pem = _new_cluster_ca(module, layout)
+    rc, out, err = _kubectl(module, layout, "--namespace", "kube-public", "get", "configmap", "cluster-info", "-o", "json")
+    if rc != 0:
+        if "NotFound" in err:
+            return False, {"changes": []}  # no bootstrap-token discovery in this cluster
+        module.fail_json(msg="kubectl get configmap cluster-info failed: %s" % err.strip()[-500:])
+    patch = run_engine(module, cluster.cluster_info_patch, out, new_pem)
+    if patch is None:
+        return False, {"changes": []}
+    if not module.check_mode:
+        rc, _out, err = _kubectl(module, layout, "--namespace", "kube-public", "patch", "configmap", "cluster-info",
+                                 "--type", "merge", "--patch", json.dumps(patch))
+        if rc != 0:
+            module.fail_json(msg="kubectl patch configmap cluster-info failed: %s" % err.strip()[-500:])
+    return True, {"changes": [{"path": "kube-public/cluster-info", "action": "write", "what": "the new cluster CA"}]}
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -206,6 +326,8 @@ def main():
             distribution=dict(type="str", default=KUBEADM_DISTRIBUTIONS[0], choices=list(KUBEADM_DISTRIBUTIONS)),
             data_dir=dict(type="path"),
             state_dir=dict(type="path", required=True),
+            requests=dict(type="list", elements="dict", default=[]),
+            signed=dict(type="list", elements="dict", default=[]),
             validity_days=dict(type="int", default=365),
             ca_validity_days=dict(type="int", default=3650),
         ),
@@ -214,11 +336,14 @@ def main():
     )
     require_cryptography(module)
     layout = run_engine(module, get_layout, module.params["distribution"], data_dir=module.params["data_dir"])
-    steps = {"stage": _stage, "apply": _apply, "record": _record, "rollback": _rollback}
+    steps = {"stage": _stage, "request": _request, "sign": _sign, "apply": _apply, "record": _record,
+             "rollback": _rollback, "published": _published, "cluster_info": _cluster_info}
     changed, result = False, {"changes": []}
     if module.params["step"] in steps:
         changed, result = steps[module.params["step"]](module, layout)
     result["done"] = run_engine(module, phases.done_phases, module.params["state_dir"])
+    result["started"] = run_engine(module, phases.started_phases, module.params["state_dir"])
+    result["staged"] = run_engine(module, stage.is_staged, layout, _stage_dir(module.params), module.params["cas"])
     module.exit_json(changed=changed, **result)
 
 

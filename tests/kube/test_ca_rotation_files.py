@@ -179,7 +179,7 @@ def test_rollback_of_each_phase_restores_every_file(kubeadm, cp1, tmp_path):
     node = node_with_manifests(kubeadm, cp1, str(tmp_path / "node"))
     state = str(tmp_path / "state")
     assert step(node, tmp_path, state, "stage")[0] == 0
-    for phase in ("prepare", "promote"):
+    for phase in ("prepare", "promote", "finalize"):
         before = snapshot(node["dir"])
         run_phase(node, tmp_path, state, phase)
         assert snapshot(node["dir"]) != before

@@ -62,8 +62,8 @@ from ansible_collections.kubepki.certs.plugins.module_utils._pki.keys import (
     same_key,
     serialize_private_key,
 )
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.kubeadm_ca_requests import kubeconfig_credential
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.kubeconfig import decode_embedded
-from ansible_collections.kubepki.certs.plugins.module_utils._pki.kubeconfig_copies import single_user
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.leaf_renewal import b64, kubeadm_profile, replace_user_data
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.trees import backup_tree
 
@@ -224,31 +224,32 @@ def _plan_leaves(layout, ca, phase: str, changes: list, validity_days: int, now)
                                   "issued by the new CA" + (", served with the cross-signed CA" if tail else "")))
 
 
-def _plan_kubeconfig_credentials(layout, ca, phase: str, changes: list, validity_days: int, now) -> None:
-    """promote: every kubeconfig's client certificate (embedded, or a file such as kubelet-client-current.pem)."""
+def _plan_kubeconfig_credentials(layout, ca, phase: str, changes: list, validity_days: int, now, signed: dict,
+                                 to_be_signed: bool) -> None:
+    """promote: every kubeconfig's client certificate (embedded, or a file such as kubelet-client-current.pem), issued
+    here, or on a node without CA keys taken from ``signed`` (kubeconfig path -> (certificate, key)); ``to_be_signed``
+    (a plan never applied: check mode) reports a missing one instead of failing."""
     if ca.name != layout.api_ca or phase == PREPARE:
         return
     for path in _kubeconfig_paths(layout):
         pending = next((c for c in changes if c.path == path), None)
         text = (pending.data if pending is not None else read_bytes(path, what="kubeconfig")).decode("utf-8")
-        user = single_user(text, path)
-        if user.get("client-certificate-data"):
-            certificate = load_certificates(decode_embedded(user["client-certificate-data"], source=path), source=path)[0]
-            key = load_private_key(decode_embedded(user["client-key-data"], source=path), source=path)
-            file_path = None
-        elif user.get("client-certificate"):
-            file_path = os.path.realpath(os.path.join(os.path.dirname(path), user["client-certificate"]))
-            pem = read_bytes(file_path, what="client certificate")
-            certificate, key = load_certificates(pem, source=file_path)[0], load_private_key(pem, source=file_path)
-        else:
-            continue  # a token user
-        if is_directly_issued_by(certificate, ca.new):
+        certificate, key, file_path = kubeconfig_credential(path, text)
+        if certificate is None or is_directly_issued_by(certificate, ca.new):
             continue
         if phase == FINALIZE:
             raise InvalidInputError("the client certificate of %s is not issued by the new CA yet: promote every node "
                                     "before finalize" % path, path=path)
-        _need_issuer_key(ca, path)
-        new_certificate, new_key = _reissued(certificate, key, ca, path, validity_days, now)
+        if ca.new_key is None and path not in signed and to_be_signed:
+            changes.append(FileChange(path, b"", PRIVATE_FILE_MODE, "client certificate to be signed by a control-plane node"))
+            continue
+        if ca.new_key is None:
+            if path not in signed:
+                raise InvalidInputError("%s needs a certificate of the new CA and this node has no CA key: request one "
+                                        "(step request) and have a control-plane node sign it (step sign)" % path, path=path)
+            new_certificate, new_key = signed[path]
+        else:
+            new_certificate, new_key = _reissued(certificate, key, ca, path, validity_days, now)
         cert_pem, key_pem = dump_certificates([new_certificate]), serialize_private_key(new_key)
         if file_path is None:
             new_text = replace_user_data(text, "client-certificate-data", b64(cert_pem), path)
@@ -261,8 +262,10 @@ def _plan_kubeconfig_credentials(layout, ca, phase: str, changes: list, validity
             changes.append(FileChange(file_path, cert_pem + key_pem, PRIVATE_FILE_MODE, "client certificate issued by the new CA"))
 
 
-def plan_phase(layout, staged: dict, phase: str, *, validity_days: int = 365, now=None) -> PhasePlan:
-    """Every file of this node that does not yet hold what ``phase`` puts there, for each CA of ``staged``."""
+def plan_phase(layout, staged: dict, phase: str, *, validity_days: int = 365, now=None, signed=None,
+               to_be_signed: bool = False) -> PhasePlan:
+    """Every file of this node that does not yet hold what ``phase`` puts there, for each CA of ``staged``.
+    ``signed``: kubeconfig credentials signed elsewhere for a node without CA keys (kubeadm_ca_requests.load_signed)."""
     if phase not in PHASES:
         raise InvalidInputError("unknown phase %r; the phases are %s" % (phase, ", ".join(PHASES)))
     moment = now or utcnow()
@@ -275,7 +278,7 @@ def plan_phase(layout, staged: dict, phase: str, *, validity_days: int = 365, no
         _plan_leaves(layout, ca, phase, plan.changes, validity_days, moment)
     # credentials after the trust lines: a kubeconfig changed by both is written once, with both
     for ca in staged.values():
-        _plan_kubeconfig_credentials(layout, ca, phase, plan.changes, validity_days, moment)
+        _plan_kubeconfig_credentials(layout, ca, phase, plan.changes, validity_days, moment, signed or {}, to_be_signed)
     return plan
 
 
@@ -352,6 +355,11 @@ def read_state(state_dir: str) -> dict:
 def done_phases(state_dir: str) -> list:
     phases = read_state(state_dir).get("phases", {})
     return [p for p in PHASES if p in phases]
+
+
+def started_phases(state_dir: str) -> list:
+    """Phases with a backup tree here: begun on this node and not rolled back (done or interrupted)."""
+    return [p for p in PHASES if os.path.isdir(phase_tree(state_dir, p).root)]
 
 
 def _write_state(state_dir: str, state: dict) -> None:

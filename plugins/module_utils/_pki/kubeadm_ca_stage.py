@@ -86,6 +86,11 @@ def staged_paths(layout, stage_dir: str, name: str) -> dict:
     return {"new": base + NEW_CERT, "key": base + NEW_KEY, "cross": base + CROSS_CERT, "old": base + OLD_CERT}
 
 
+def is_staged(layout, stage_dir: str, names) -> bool:
+    """Whether the certificates of every named CA are staged here (keys are not: workers get none)."""
+    return all(os.path.exists(staged_paths(layout, stage_dir, name)[what]) for name in names for what in ("new", "cross", "old"))
+
+
 def discovery_hash(certificate) -> str:
     """kubeadm's --discovery-token-ca-cert-hash: sha256 of the CA's DER SubjectPublicKeyInfo."""
     spki = certificate.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
