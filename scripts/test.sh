@@ -389,7 +389,7 @@ run_step "ansible-test integration" step_integration 1200
 run_step "pytest tests/interop" step_pytest_interop 1200
 run_step "pytest tests/lab" step_pytest_lab 3600
 run_step "pytest tests/roles" step_pytest_roles 1800
-run_step "pytest tests/kube (real kubeadm + control plane)" step_pytest_kube 3000
+run_step "pytest tests/kube (real kubeadm + control plane)" step_pytest_kube 3600
 run_step "ansible-lint" step_ansible_lint 900
 run_step "antsibull-changelog lint" step_changelog_lint 300
 run_step "antsibull-docs lint" step_docs_lint 600
