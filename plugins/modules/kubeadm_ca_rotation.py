@@ -15,7 +15,7 @@ description:
     kubepki.certs.kubeadm_ca_rotation runs node by node with the static pod restarts and health gates between them.
   - O(step=stage) (one control-plane node) makes, once, a new CA per rotated CA, the new CA cross-signed by the old one
     and a copy of the old certificate, under C(<state_dir>/staged) (0700, keys 0600). A rerun keeps a staged set that
-    still matches the CAs on disk.
+    still matches the CAs on disk; a finished rotation (finalize recorded) stages nothing.
   - O(step=apply) puts this node's files in the state the O(phase) asks for. V(prepare) makes every bundle and
     kubeconfig trust old and new, points the controller-manager flags that take no bundle at C(pki/ca-next.crt) and
     C(.key) (the new CA alone), and re-issues the serving certificates (apiserver, etcd server and peer) by the new CA,
@@ -140,6 +140,11 @@ changes:
   type: list
   elements: dict
   sample: [{"path": /etc/kubernetes/pki/ca.crt, "action": write, "what": "trust old + new"}]
+finished:
+  description: O(step=stage) only. True when the rotation in O(state_dir) is finished (finalize recorded) and nothing
+    was staged; another rotation takes another O(state_dir).
+  returned: when O(step=stage) finds the rotation finished
+  type: bool
 requests:
   description: O(step=request) only. Per kubeconfig needing a certificate of the new CA, its file name and CSR (PEM).
   returned: when O(step=request)
@@ -193,8 +198,8 @@ def _stage_dir(params) -> str:
 def _stage(module, layout):
     params = module.params
     if phases.FINALIZE in run_engine(module, phases.done_phases, params["state_dir"]):
-        module.fail_json(msg="the rotation in %s is finished (finalize recorded); start another with a new state_dir"
-                         % params["state_dir"])
+        # a rerun of a finished rotation: nothing to stage (another rotation takes another state_dir)
+        return False, {"changes": [], "finished": True}
     planned = run_engine(module, stage.plan_stage, layout, _stage_dir(params), params["cas"],
                          validity_days=params["ca_validity_days"])
     writes = [w for _name, _status, files in planned for w in files]
