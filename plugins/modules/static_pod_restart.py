@@ -18,8 +18,9 @@ description:
     C(kubectl rollout restart) sets C(kubectl.kubernetes.io/restartedAt)). The module then waits until the old
     process has ended, a new one runs, and the manifest's own probe (readiness, else startup, else liveness) answers.
   - A rerun restarts nothing (every pod started after its files were written).
-  - Fails, naming the manifest, when a pod's manifest exists but no process of it runs on the node (the kubelet is
-    not running it), or when a restarted pod does not come back within O(timeout).
+  - Fails, naming the manifest, when a pod's manifest exists but no process of it appears on the node within
+    O(timeout) (the kubelet is not running it; a pod the kubelet is restarting right now is waited for), or when a
+    restarted pod does not come back within O(timeout).
 author:
   - kubepki.certs developers (@kubepki)
 extends_documentation_fragment:
@@ -52,7 +53,8 @@ options:
     type: bool
     default: false
   timeout:
-    description: Seconds to wait for each restarted pod to be back (old process gone, new one answering its probe).
+    description: Seconds to wait for each restarted pod to be back (old process gone, new one answering its probe),
+      and for a pod without a process to get one.
     type: int
     default: 300
   backup_dir:
@@ -121,7 +123,8 @@ def main():
     )
     params = module.params
     layout = run_engine(module, get_layout, params["distribution"], data_dir=params["data_dir"])
-    restarts = run_engine(module, plan_restarts, layout.extra["manifests_dir"], params["pods"], force=params["force"])
+    restarts = run_engine(module, plan_restarts, layout.extra["manifests_dir"], params["pods"], force=params["force"],
+                          appear_timeout=params["timeout"])
     result = restart_report(restarts)
     result["backup_files"] = []
     changed = bool(result["restarted"])

@@ -159,16 +159,29 @@ def annotate(text: str, value: str, path: str) -> str:
 
 # --- plan, apply, report ---------------------------------------------------------------------------------------------
 
-def plan_restart(manifests_dir: str, name: str, *, force: bool = False, proc: str = "/proc") -> PodRestart:
+def _processes_appearing(binary: str, proc: str, wait: float, poll: float = 0.5) -> list:
+    """The pod's processes, waiting up to ``wait`` seconds for one: the kubelet may be between stopping the old process
+    and starting the new one (a manifest that was just changed, by this rotation or anyone)."""
+    deadline = time.monotonic() + wait
+    while True:
+        pids = pod_processes(binary, proc)
+        if pids or time.monotonic() >= deadline:
+            return pids
+        time.sleep(poll)
+
+
+def plan_restart(manifests_dir: str, name: str, *, force: bool = False, proc: str = "/proc",
+                 appear_timeout: float = 0.0) -> PodRestart:
     path = os.path.join(manifests_dir, name + ".yaml")
     if not os.path.exists(path):
         return PodRestart(name, path, "", ABSENT, "%s does not exist (not a static pod on this node)" % path)
     _text, container = load_manifest(path)
     binary = os.path.basename(str(container["command"][0]))
-    pids = pod_processes(binary, proc)
+    pids = _processes_appearing(binary, proc, appear_timeout)
     if not pids:
-        raise InvalidInputError("no %s process runs on this node although %s exists: the kubelet does not run this static "
-                                "pod; fix that before restarting anything" % (binary, path), path=path)
+        raise InvalidInputError("no %s process runs on this node although %s exists (waited %d s): the kubelet does not "
+                                "run this static pod; fix that before restarting anything" % (binary, path, appear_timeout),
+                                path=path)
     mtimes = {p: os.stat(p).st_mtime for p in pod_inputs(container) if os.path.exists(p)}
     newest = max(mtimes.values(), default=0.0)
     started = min(process_start(pid, proc) for pid in pids)
@@ -181,8 +194,8 @@ def plan_restart(manifests_dir: str, name: str, *, force: bool = False, proc: st
     return PodRestart(name, path, binary, CURRENT, "started after its certificates and kubeconfigs were written", probe, pids)
 
 
-def plan_restarts(manifests_dir: str, names, *, force: bool = False, proc: str = "/proc") -> list:
-    return [plan_restart(manifests_dir, name, force=force, proc=proc) for name in names]
+def plan_restarts(manifests_dir: str, names, *, force: bool = False, proc: str = "/proc", appear_timeout: float = 0.0) -> list:
+    return [plan_restart(manifests_dir, name, force=force, proc=proc, appear_timeout=appear_timeout) for name in names]
 
 
 def wait_restarted(restart: PodRestart, *, since: float, timeout: float, probe_ok, proc: str = "/proc", poll: float = 0.5,

@@ -141,6 +141,22 @@ def test_file_written_within_the_clock_uncertainty_of_the_start_is_judged_change
     assert restart.status == static_pods.RESTART and pod["cert"] in restart.reason
 
 
+def test_a_pod_the_kubelet_is_restarting_is_waited_for(pod):
+    """No process at planning time (the kubelet between stopping the old and starting the new one): none within
+    appear_timeout fails; one that appears within it is judged."""
+    started = time.monotonic()
+    with pytest.raises(InvalidInputError, match="waited 1 s"):
+        static_pods.plan_restart(pod["manifests"], pod["name"], appear_timeout=1)
+    assert 1 <= time.monotonic() - started < 10
+    starter = threading.Timer(1.0, pod["start"])
+    starter.start()
+    try:
+        restart = static_pods.plan_restart(pod["manifests"], pod["name"], appear_timeout=20)
+    finally:
+        starter.join()
+    assert restart.status == static_pods.CURRENT and restart.old_pids, restart
+
+
 def test_manifest_without_process_fails_and_absent_manifest_is_reported(pod):
     with pytest.raises(InvalidInputError, match="no %s process" % pod["name"]):
         static_pods.plan_restart(pod["manifests"], pod["name"])
