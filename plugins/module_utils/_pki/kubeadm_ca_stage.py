@@ -29,7 +29,7 @@ from ansible_collections.kubepki.certs.plugins.module_utils._pki.certs import (
     load_certificates,
     utcnow,
 )
-from ansible_collections.kubepki.certs.plugins.module_utils._pki.deps import serialization
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.deps import serialization, x509
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.errors import InvalidInputError
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.files import (
     PRIVATE_DIR_MODE,
@@ -102,11 +102,15 @@ def new_common_name(old_name: str, moment) -> str:
     return "%s@%d" % (re.sub(r"@\d+$", "", old_name), int(moment.timestamp()))
 
 
+def _organization(certificate) -> str | None:
+    values = certificate.subject.get_attributes_for_oid(x509.NameOID.ORGANIZATION_NAME)
+    return values[0].value if values else None
+
+
 def _cross(old, old_key, new, new_key, validity_days: int, now):
-    organization = [a.value for a in new.subject if a.oid.dotted_string == "2.5.4.10"]
     return build_ca_certificate(subject_common_name=common_name(new.subject), subject_public_key=new_key.public_key(),
                                 issuer_certificate=old, issuer_key=old_key, validity_days=validity_days,
-                                organization=organization[0] if organization else None, now=now)
+                                organization=_organization(new), now=now)
 
 
 def _staged_ok(paths: dict, old) -> bool:
@@ -147,11 +151,9 @@ def plan_stage(layout, stage_dir: str, names, *, validity_days: int = 3650, now=
             raise InvalidInputError("%s does not belong to %s; the old CA must sign the cross-certificate" % (key_path, cert_path),
                                     path=key_path)
         new_key = generate_private_key(key_type_of(old_key))
-        organization = [a.value for a in old.subject if a.oid.dotted_string == "2.5.4.10"]
         new = build_ca_certificate(subject_common_name=new_common_name(common_name(old.subject), moment),
                                    subject_public_key=new_key.public_key(), issuer_certificate=None, issuer_key=new_key,
-                                   validity_days=validity_days, organization=organization[0] if organization else None,
-                                   now=moment)
+                                   validity_days=validity_days, organization=_organization(old), now=moment)
         cross = _cross(old, old_key, new, new_key, validity_days, moment)
         planned.append((name, "create", [(paths["key"], serialize_private_key(new_key), PRIVATE_FILE_MODE),
                                          (paths["new"], dump_certificates([new]), PUBLIC_FILE_MODE),
