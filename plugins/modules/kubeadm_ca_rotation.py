@@ -37,6 +37,11 @@ description:
     ConfigMap does not hold the new cluster CA yet (the controller-manager publishes it from C(--root-ca-file)).
     O(step=cluster_info) puts the new cluster CA alone into C(kube-public/cluster-info) when that ConfigMap exists
     (kubeadm join's discovery; a bundle there makes join loop, kubernetes/kubeadm#1399).
+  - With O(service_account_key=true) the service-account key rotates in the same phases. O(step=stage) stages a new
+    key (C(sa.key)) and the public keys C(pki/sa.pub) held (C(sa-previous.pub)). V(prepare) makes C(sa.pub) hold the
+    previous keys and the new one (every apiserver verifies tokens of both), V(promote) puts the new key in C(sa.key)
+    (new tokens are signed with it), V(finalize) leaves the new key alone in C(sa.pub) (tokens signed with the
+    previous keys are refused from then on).
 author:
   - kubepki.certs developers (@kubepki)
 extends_documentation_fragment:
@@ -97,6 +102,11 @@ options:
       the old CA's own).
     type: int
     default: 3650
+  service_account_key:
+    description: Rotate the service-account key (C(pki/sa.key), C(pki/sa.pub)) in the same phases. Nodes without
+      C(pki/sa.key) (workers) have nothing of it to change.
+    type: bool
+    default: true
 seealso:
   - name: Manual rotation of CA certificates
     description: The Kubernetes task this module automates, phase by phase.
@@ -140,6 +150,19 @@ changes:
   type: list
   elements: dict
   sample: [{"path": /etc/kubernetes/pki/ca.crt, "action": write, "what": "trust old + new"}]
+service_account_key:
+  description: With O(service_account_key=true), the SHA-256 fingerprints of the public keys that verified before the
+    rotation (the old signing key first) and of the new signing key; never key material.
+  returned: when the staged key is known on a node with C(pki/sa.key)
+  type: dict
+  sample: {"previous_fingerprints": ["3f1c..."], "new_fingerprint": "9a0b..."}
+staged_files:
+  description: O(step=stage) only. The staging directory's files relative to it (keys end in C(.key)), which every
+    other node gets a copy of.
+  returned: when O(step=stage) stages or keeps a rotation
+  type: list
+  elements: str
+  sample: [ca-cross.crt, ca-previous.crt, ca.crt, ca.key, sa-previous.pub, sa.key]
 finished:
   description: O(step=stage) only. True when the rotation in O(state_dir) is finished (finalize recorded) and nothing
     was staged; another rotation takes another O(state_dir).
@@ -177,12 +200,14 @@ done:
 """
 
 import json
+import os
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.kubepki.certs.plugins.module_utils._pki import kubeadm_ca_cluster as cluster
 from ansible_collections.kubepki.certs.plugins.module_utils._pki import kubeadm_ca_phases as phases
 from ansible_collections.kubepki.certs.plugins.module_utils._pki import kubeadm_ca_requests as requests
+from ansible_collections.kubepki.certs.plugins.module_utils._pki import kubeadm_ca_sa_key as sa_key
 from ansible_collections.kubepki.certs.plugins.module_utils._pki import kubeadm_ca_stage as stage
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.diffs import Change, summary_diff
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.layout import KUBEADM_CA_NAMES, KUBEADM_DISTRIBUTIONS, get_layout
@@ -202,15 +227,38 @@ def _stage(module, layout):
         return False, {"changes": [], "finished": True}
     planned = run_engine(module, stage.plan_stage, layout, _stage_dir(params), params["cas"],
                          validity_days=params["ca_validity_days"])
+    if params["service_account_key"]:
+        planned.append(("service-account key", "", run_engine(module, sa_key.plan_sa_stage, layout, _stage_dir(params))))
     writes = [w for _name, _status, files in planned for w in files]
     if writes and not module.check_mode:
         run_engine(module, stage.apply_stage, _stage_dir(params), planned)
-    result = {"changes": [{"path": path, "action": "write", "what": "staged"} for path, _data, _mode in writes]}
+    result = {"changes": [{"path": path, "action": "write", "what": "staged"} for path, _data, _mode in writes],
+              "staged_files": _staged_files(layout, params)}
     if not module.check_mode or not writes:
         result["cas"] = stage.staged_report(run_engine(module, stage.load_staged, layout, _stage_dir(params), params["cas"]))
+        result.update(_sa_report(module, layout))
     if module._diff and writes:
         result["diff"] = summary_diff(_stage_dir(params), [Change(path, "absent", "staged") for path, _d, _m in writes])
     return bool(writes), result
+
+
+def _staged_files(layout, params) -> list:
+    """The staging directory's files, relative to it: what every other node gets a copy of."""
+    paths = [p for name in params["cas"] for p in stage.staged_paths(layout, _stage_dir(params), name).values()]
+    if params["service_account_key"]:
+        paths += list(sa_key.staged_paths(_stage_dir(params)))
+    return sorted(os.path.relpath(p, _stage_dir(params)) for p in paths)
+
+
+def _sa_staged(module, layout):
+    if not module.params["service_account_key"]:
+        return None
+    return run_engine(module, sa_key.load_sa_staged, layout, _stage_dir(module.params))
+
+
+def _sa_report(module, layout) -> dict:
+    staged = _sa_staged(module, layout)
+    return {} if staged is None else {"service_account_key": sa_key.sa_report(staged)}
 
 
 def _apply(module, layout):
@@ -223,7 +271,12 @@ def _apply(module, layout):
                             {item["name"]: item["certificate"] for item in params["signed"]})
     plan = run_engine(module, phases.plan_phase, layout, staged, params["phase"], validity_days=params["validity_days"],
                       signed=signed, to_be_signed=module.check_mode)
+    service_key = _sa_staged(module, layout)
+    if service_key is not None:
+        plan.changes += run_engine(module, sa_key.plan_sa_phase, service_key, params["phase"])
     result = {"changes": phases.phase_report(plan), "cas": stage.staged_report(staged)}
+    if service_key is not None:
+        result["service_account_key"] = sa_key.sa_report(service_key)
     if module._diff and plan.changed:
         result["diff"] = phases.phase_diff(plan)
     if plan.changed and not module.check_mode:
@@ -264,7 +317,7 @@ def _record(module, layout):
     if not done and not module.check_mode:
         fingerprints = {name: {k: v for k, v in item.items() if k.endswith("fingerprint")} for name, item in report.items()}
         run_engine(module, phases.record_phase, params["state_dir"], params["phase"], fingerprints)
-    return not done, {"changes": [], "cas": report}
+    return not done, dict({"changes": [], "cas": report}, **_sa_report(module, layout))
 
 
 def _rollback(module, _layout):
@@ -335,6 +388,7 @@ def main():
             signed=dict(type="list", elements="dict", default=[]),
             validity_days=dict(type="int", default=365),
             ca_validity_days=dict(type="int", default=3650),
+            service_account_key=dict(type="bool", default=True),
         ),
         required_if=[("step", "apply", ("phase",)), ("step", "record", ("phase",)), ("step", "rollback", ("phase",))],
         supports_check_mode=True,
@@ -348,7 +402,8 @@ def main():
         changed, result = steps[module.params["step"]](module, layout)
     result["done"] = run_engine(module, phases.done_phases, module.params["state_dir"])
     result["started"] = run_engine(module, phases.started_phases, module.params["state_dir"])
-    result["staged"] = run_engine(module, stage.is_staged, layout, _stage_dir(module.params), module.params["cas"])
+    result["staged"] = (run_engine(module, stage.is_staged, layout, _stage_dir(module.params), module.params["cas"])
+                        and (not module.params["service_account_key"] or sa_key.is_sa_staged(layout, _stage_dir(module.params))))
     module.exit_json(changed=changed, **result)
 
 

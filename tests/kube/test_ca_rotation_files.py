@@ -12,6 +12,8 @@ manifests), judged by OpenSSL (verify -x509_strict), PyYAML and the real kubeadm
 - finalize: the old CA is gone from every bundle and kubeconfig, the serving certificates no longer verify against the
   old CA alone, the flags name ca.crt/ca.key again and the -next files are gone;
 - every phase: check mode writes nothing, a rerun writes nothing, out-of-order phases are refused;
+- the service-account key, judged by OpenSSL: sa.pub holds previous + new at prepare while sa.key still signs with
+  the previous key, sa.key is the new key at promote, sa.pub the new key alone at finalize;
 - rollback of a phase restores every file byte for byte and removes what it created.
 """
 
@@ -53,6 +55,17 @@ def verify(cert_pem, ca_pem, tmp_path, untrusted=None):
         argv += ["-untrusted", write(str(tmp_path / "v-untrusted.pem"), "".join(untrusted))]
     argv.append(write(str(tmp_path / "v-leaf.pem"), cert_pem))
     return subprocess.run(argv, capture_output=True, check=False).returncode == 0
+
+
+def public_keys(path, private=False):
+    """DER of every public key in a PEM file (of the private key's public half), as OpenSSL reads them."""
+    import subprocess  # pylint: disable=import-outside-toplevel
+
+    with open(path, encoding="ascii") as handle:
+        label = "(?:RSA )?PRIVATE KEY" if private else "PUBLIC KEY"
+        blocks = re.findall(r"-----BEGIN %s-----.+?-----END %s-----\n" % (label, label), handle.read(), re.S)
+    argv = ["openssl", "pkey", "-outform", "DER"] + (["-pubout"] if private else ["-pubin"])
+    return [subprocess.run(argv, input=block.encode("ascii"), capture_output=True, check=True).stdout for block in blocks]
 
 
 def kubeconfig_parts(node, name):
@@ -104,6 +117,9 @@ def test_three_phases_on_a_kubeadm_node(kubeadm, cp1, tmp_path):
     state = str(tmp_path / "state")
     old = {name: pems(os.path.join(node["dir"], path)) for name, path in CA_FILES.items()}
     assert all(len(v) == 1 for v in old.values())
+    sa_key, sa_pub = os.path.join(node["dir"], "pki", "sa.key"), os.path.join(node["dir"], "pki", "sa.pub")
+    old_signing = public_keys(sa_key, private=True)
+    assert public_keys(sa_pub) == old_signing
 
     rc, refused = step(node, tmp_path, state, "apply", "promote")
     assert rc != 0 and "not recorded as done" in refused["msg"], refused
@@ -117,6 +133,9 @@ def test_three_phases_on_a_kubeadm_node(kubeadm, cp1, tmp_path):
     cross = {name: pems(os.path.join(state, "staged", path[len("pki/"):-len(".crt")] + "-cross.crt"))[0]
              for name, path in CA_FILES.items()}
     assert staged["cas"]["ca"]["old_discovery_hash"] != staged["cas"]["ca"]["new_discovery_hash"]
+    assert oct(os.stat(os.path.join(state, "staged", "sa.key")).st_mode & 0o777) == "0o600"
+    new_signing = public_keys(os.path.join(state, "staged", "sa.key"), private=True)
+    assert new_signing != old_signing and restaged["service_account_key"] == staged["service_account_key"]
 
     # prepare
     run_phase(node, tmp_path, state, "prepare")
@@ -139,6 +158,7 @@ def test_three_phases_on_a_kubeadm_node(kubeadm, cp1, tmp_path):
     assert set(kcm_flags(node).values()) == {"/etc/kubernetes/pki/ca-next.crt", "/etc/kubernetes/pki/ca-next.key"}
     assert pems(os.path.join(node["dir"], "pki", "ca-next.crt")) == [new["ca"]]
     assert len(kubeadm_report(kubeadm, node)["certificates"]) == 11  # kubeadm still reads the node
+    assert public_keys(sa_key, private=True) == old_signing and public_keys(sa_pub) == old_signing + new_signing
 
     # promote
     run_phase(node, tmp_path, state, "promote")
@@ -150,6 +170,7 @@ def test_three_phases_on_a_kubeadm_node(kubeadm, cp1, tmp_path):
         assert not verify(cert, old["ca"][0], tmp_path), conf
     for name, base in FILES.items():
         assert verify(pems(os.path.join(node["dir"], base + ".crt"))[0], new[CA_OF[name]], tmp_path), name
+    assert public_keys(sa_key, private=True) == new_signing and public_keys(sa_pub) == new_signing + old_signing
     theirs = copy_node(node, str(tmp_path / "theirs"))  # kubeadm's own renewal now signs with the new CA
     kubeadm_run(kubeadm, theirs["dir"], "certs", "renew", "apiserver-kubelet-client", "--config", theirs["config"])
     assert verify(pems(os.path.join(theirs["dir"], "pki", "apiserver-kubelet-client.crt"))[0], new["ca"], tmp_path)
@@ -169,6 +190,7 @@ def test_three_phases_on_a_kubeadm_node(kubeadm, cp1, tmp_path):
                                "--cluster-signing-key-file": "/etc/kubernetes/pki/ca.key"}
     assert not os.path.exists(os.path.join(node["dir"], "pki", "ca-next.crt"))
     assert not os.path.exists(os.path.join(node["dir"], "pki", "ca-next.key"))
+    assert public_keys(sa_key, private=True) == new_signing and public_keys(sa_pub) == new_signing
     rc, status = step(node, tmp_path, state, "status")
     assert rc == 0 and status["done"] == ["prepare", "promote", "finalize"], status
     rc, refused = step(node, tmp_path, state, "apply", "prepare")

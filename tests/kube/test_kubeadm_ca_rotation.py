@@ -18,6 +18,8 @@ requests, 0 certificate failures and 0 lost etcd writes:
 - finalize: clients holding the new CA alone (new client certificate); afterwards curl holding the old CA alone is
   refused by every apiserver, the front-proxy certificate of the old CA no longer authenticates, kubeadm reads every
   node, every node is Ready;
+- the service-account key: a token issued before the rotation authenticates at every apiserver until finalize and is
+  refused after it; a token issued after promote authenticates at every apiserver from then on;
 - a rerun changes nothing and restarts nothing; a second rotation's prepare rolled back leaves every file of every node
   as it was, the cluster healthy.
 """
@@ -30,6 +32,7 @@ import os
 import re
 import shutil
 import sys
+import time
 
 import pytest
 
@@ -48,6 +51,8 @@ LEAVES = {"pki/apiserver.crt": "ca", "pki/apiserver-kubelet-client.crt": "ca", "
           "pki/apiserver-etcd-client.crt": "etcd-ca"}
 STEPS = {}
 PROBE_FIGURES = {}
+TOKENS = {}
+SA_USER = "system:serviceaccount:default:default"
 
 
 @pytest.fixture(scope="module")
@@ -170,12 +175,39 @@ def front_proxy_user(lab, host, ca_cert, ca_key, work, ca_file):
         return None
 
 
+def token_user(host, token, ca_file):
+    """The user host's apiserver authenticates a bearer token as (TokenReview through SelfSubjectReview); None: 401."""
+    body = json.dumps({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+    result = run(["curl", "-sS", "--max-time", "10", "--noproxy", "*", "--cacert", ca_file, "-H", "Authorization: Bearer " + token,
+                  "-H", "Content-Type: application/json", "-X", "POST", "--data", body,
+                  "https://%s:6443/apis/authentication.k8s.io/v1/selfsubjectreviews" % host["address"]])
+    try:
+        return json.loads(result.stdout)["status"]["userInfo"]["username"]
+    except (ValueError, KeyError, TypeError):
+        assert '"code":401' in result.stdout.replace(" ", ""), (host["name"], result.stdout, result.stderr)
+        return None
+
+
+def new_token(lab):
+    """A token of default/default from the real TokenRequest API (signed with the signing key of cp1's apiserver)."""
+    cp1 = kubeadm_lab.control_planes(lab)[0]
+    for _attempt in range(30):  # the controller-manager creates the default ServiceAccount shortly after start
+        result = kubeadm_lab.kubectl(cp1, "create", "token", "default", "--duration", "6h")
+        if result.returncode == 0:
+            return result.stdout.strip()
+        time.sleep(2)
+    raise AssertionError(result.stderr)
+
+
 def test_01_stage_and_check_mode_change_no_live_file(lab):
     cp1 = kubeadm_lab.control_planes(lab)[0]
     assert kubeadm_lab.kubectl(cp1, "create", "deployment", "consumer", "--image", "registry.k8s.io/pause:3.10").returncode == 0
     bootstrap = kubeadm_lab.kubeadm(cp1, lab["kubeadm"]["bin_dir"], "init", "phase", "bootstrap-token", "--config",
                                     kubeadm_lab.CONFIG_IN_NODE)
     assert "bootstrap" in bootstrap.lower(), bootstrap
+    TOKENS["old"] = new_token(lab)
+    ca_file = pki(cp1, "pki/ca.crt")
+    assert all(token_user(h, TOKENS["old"], ca_file) == SA_USER for h in kubeadm_lab.control_planes(lab))
     before = node_files(lab)
     rc, output, _seconds = rotate(lab, "-e", "kubeadm_ca_rotation_phase=stage")
     assert rc == 0, output[-5000:]
@@ -184,7 +216,8 @@ def test_01_stage_and_check_mode_change_no_live_file(lab):
         stage_dir = kubeadm_lab.host_path(host, STATE + "/staged")
         names = sorted(os.path.relpath(os.path.join(r, f), stage_dir) for r, _d, fs in os.walk(stage_dir) for f in fs)
         keys = [n for n in names if n.endswith(".key")]
-        assert len(names) == (12 if host["name"].startswith("cp") else 9), (host["name"], names)
+        # per CA: new, key, cross, previous (workers no keys); the service-account key and the previous public keys
+        assert len(names) == (14 if host["name"].startswith("cp") else 10), (host["name"], names)
         assert all(os.stat(os.path.join(stage_dir, k)).st_mode & 0o777 == 0o600 for k in keys), host["name"]
     starts = {h["name"]: pod_starts(h) for h in kubeadm_lab.control_planes(lab)}
     rc, output, _seconds = rotate(lab, "--check", "-e", "kubeadm_ca_rotation_phase=prepare")
@@ -252,6 +285,10 @@ def test_03_promote_under_probe(lab):
         assert front_proxy_user(lab, host, staged(lab, "front-proxy-ca.crt"), staged(lab, "front-proxy-ca.key"), work,
                                 new_ca) == "alice", host["name"]
     assert "sha256:" in output and "new sha256:" in output
+    TOKENS["new"] = new_token(lab)  # signed with the new service-account key
+    for host in kubeadm_lab.control_planes(lab):
+        assert token_user(host, TOKENS["old"], new_ca) == SA_USER, host["name"]
+        assert token_user(host, TOKENS["new"], new_ca) == SA_USER, host["name"]
     STEPS["promoted"] = True
 
 
@@ -281,6 +318,8 @@ def test_04_finalize_under_probe(lab):
         accepted = run(["curl", "-sS", "--max-time", "10", "--noproxy", "*", "--cacert", new_ca,
                         "--cert", files["admin.crt"], "--key", files["admin.key"], "https://%s:6443/version" % host["address"]])
         assert accepted.returncode == 0, (host["name"], accepted.stderr)
+        assert token_user(host, TOKENS["new"], new_ca) == SA_USER, host["name"]
+        assert token_user(host, TOKENS["old"], new_ca) is None, host["name"]  # its key is gone from sa.pub
         assert front_proxy_user(lab, host, os.path.join(work, "..", "promote", "old-fp.crt"),
                                 os.path.join(work, "..", "promote", "files", "fp-ca.key"), work, new_ca) is None, host["name"]
         report = json.loads(kubeadm_lab.kubeadm(host, lab["kubeadm"]["bin_dir"], "certs", "check-expiration", "--config",
