@@ -31,7 +31,8 @@ description:
     cluster CA (node identities only, C(system:node:<name>) in C(system:nodes)); O(step=apply) with O(signed) installs
     them.
   - O(step=record) records the phase as done on this node in C(<state_dir>/state.json); the next phase refuses to run
-    before it. O(step=rollback) restores the files of O(phase) from its backup, removes the files it created and
+    before it. Recording V(promote) or V(finalize) also removes the request keys of O(step=request), whose credentials
+    are installed by then. O(step=rollback) restores the files of O(phase) from its backup, removes the files it created and
     forgets the record. O(step=status) reads the record.
   - O(step=published) (read-only, needs kubectl and C(admin.conf)) lists the namespaces whose C(kube-root-ca.crt)
     ConfigMap does not hold the new cluster CA yet (the controller-manager publishes it from C(--root-ca-file)).
@@ -317,7 +318,13 @@ def _record(module, layout):
     if not done and not module.check_mode:
         fingerprints = {name: {k: v for k, v in item.items() if k.endswith("fingerprint")} for name, item in report.items()}
         run_engine(module, phases.record_phase, params["state_dir"], params["phase"], fingerprints)
-    return not done, dict({"changes": [], "cas": report}, **_sa_report(module, layout))
+    # promote installed every requested credential: the request keys are spare copies of live keys now
+    spare = run_engine(module, requests.request_keys, _requests_dir(params)) if params["phase"] != phases.PREPARE else []
+    if spare and not module.check_mode:
+        for path in spare:
+            os.unlink(path)
+    changes = [{"path": path, "action": "remove", "what": "a request key, its credential installed"} for path in spare]
+    return not done or bool(spare), dict({"changes": changes, "cas": report}, **_sa_report(module, layout))
 
 
 def _rollback(module, _layout):

@@ -7,7 +7,8 @@ component on a random control-plane node (the kubelet double restarts it), then 
 which must converge: exit 0, the phase recorded on every node, every node Ready. Phases follow each other
 (prepare, promote, finalize, then a new rotation id); the traffic probe runs throughout a rotation's prepare and promote
 (clients holding only the old CA) and again through finalize (clients holding only the new CA), judged as in
-test_kubeadm_ca_rotation: 0 certificate failures, 0 failed requests, 0 lost etcd writes.
+test_kubeadm_ca_rotation: 0 certificate failures, 0 lost etcd writes, failed requests counted and bounded (a killed
+apiserver costs its clients a failover).
 
     python3 tests/kube/interrupted_rotation.py --runs 10 [--seed N] [--dir DIR]
 
@@ -35,6 +36,10 @@ import test_kubeadm_ca_rotation as rotation  # noqa: E402  pylint: disable=wrong
 
 PHASES = ("prepare", "promote", "finalize")
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+# one probe spans two phases; per phase each of the 3 apiservers restarts at most twice (killed run, rerun) and one
+# component is killed: 2 x (3 x 2 + 1) = 14 restarts, each worth up to two blips per client (503 while stopping, then
+# the refused connection it fails over from)
+PROBE_RESTARTS = 28
 
 
 def playbook_argv(lab, phase, rotation_id):
@@ -109,7 +114,7 @@ def start_probe(lab, out, material):
                              os.path.join(lab["base"], "state.json"), "--lab-port", "6443", "--lab-etcd-port", "2379",
                              "--path", "/version", "--old-ca", old_ca, "--current-ca-file", current_ca,
                              "--client-cert", cert, "--client-key", key, "--etcd-cacert", etcd_ca, "--etcd-cert", etcd_cert,
-                             "--etcd-key", etcd_key, "--interval", "0.5", "--duration", "3000", "--restarts", "60"],
+                             "--etcd-key", etcd_key, "--interval", "0.5", "--duration", "3000", "--restarts", str(PROBE_RESTARTS)],
                             capture_output=True, text=True, check=False, timeout=300)
     if result.returncode != 0:
         raise RuntimeError("probe did not start: %s" % (result.stdout + result.stderr)[-2000:])
@@ -120,8 +125,9 @@ def probe_verdict(out):
     kinds = summary["kinds"]
     figures = {kind: {k: kinds[kind].get(k) for k in ("ok", "fail", "failovers", "cert_failures")} for kind in kinds}
     figures["etcd_lost"] = kinds.get("etcd", {}).get("writes", {}).get("lost")
-    clean = (all(kinds[k]["cert_failures"] == 0 for k in kinds) and all(kinds[k]["fail"] == 0 for k in ("old", "current"))
-             and figures["etcd_lost"] == 0)
+    figures["verdict"] = summary["verdict"]
+    # as test_kubeadm_ca_rotation judges: 0 certificate failures, 0 lost writes, availability blips within --restarts
+    clean = all(kinds[k]["cert_failures"] == 0 for k in kinds) and figures["etcd_lost"] == 0 and bool(summary["verdict"]["ok"])
     return clean, figures
 
 

@@ -14,7 +14,9 @@ manifests), judged by OpenSSL (verify -x509_strict), PyYAML and the real kubeadm
 - every phase: check mode writes nothing, a rerun writes nothing, out-of-order phases are refused;
 - the service-account key, judged by OpenSSL: sa.pub holds previous + new at prepare while sa.key still signs with
   the previous key, sa.key is the new key at promote, sa.pub the new key alone at finalize;
-- rollback of a phase restores every file byte for byte and removes what it created.
+- rollback of a phase restores every file byte for byte and removes what it created;
+- a full state directory (a tmpfs filled up) fails stage and apply with the OS's message, leaves no live file changed
+  and no temp file behind, and both converge once there is room again.
 """
 
 from __future__ import annotations
@@ -213,3 +215,45 @@ def test_rollback_of_each_phase_restores_every_file(kubeadm, cp1, tmp_path):
         rc, again = step(node, tmp_path, state, "rollback", phase)
         assert rc == 0 and not again["changed"], again
         run_phase(node, tmp_path, state, phase)  # and forward again, to roll back the next phase
+
+
+def fill(directory):
+    """Fill the file system of directory (dd until ENOSPC); the filler's path."""
+    import subprocess  # pylint: disable=import-outside-toplevel
+
+    filler = os.path.join(directory, "filler")
+    subprocess.run(["dd", "if=/dev/zero", "of=" + filler, "bs=4k"], capture_output=True, check=False)
+    return filler
+
+
+def leftovers(directory):
+    return [os.path.join(r, f) for r, _d, fs in os.walk(directory) for f in fs if f.endswith(".tmp")]
+
+
+def test_full_state_dir_fails_cleanly_and_converges_with_room(kubeadm, cp1, tmp_path):
+    import subprocess  # pylint: disable=import-outside-toplevel
+
+    node = node_with_manifests(kubeadm, cp1, str(tmp_path / "node"))
+    state = str(tmp_path / "state")
+    os.makedirs(state)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "kubepki-full", state], check=True)
+    try:
+        before = snapshot(node["dir"])
+        filler = fill(state)
+        rc, failed = step(node, tmp_path, state, "stage")
+        assert rc != 0 and "No space left on device" in failed["msg"], failed
+        assert leftovers(state) == [] and snapshot(node["dir"]) == before
+        os.unlink(filler)
+        rc, staged = step(node, tmp_path, state, "stage")
+        assert rc == 0 and staged["changed"], staged
+
+        filler = fill(state)  # the phase's backups land in the state dir: nothing live may change before they exist
+        rc, failed = step(node, tmp_path, state, "apply", "prepare")
+        assert rc != 0 and "No space left on device" in failed["msg"], failed
+        assert leftovers(state) == [] and snapshot(node["dir"]) == before
+        os.unlink(filler)
+        run_phase(node, tmp_path, state, "prepare")
+        rc, rolled = step(node, tmp_path, state, "rollback", "prepare")
+        assert rc == 0 and rolled["changed"] and snapshot(node["dir"]) == before, rolled
+    finally:
+        subprocess.run(["umount", state], check=False)

@@ -4,7 +4,8 @@
 """playbooks/rotate_ca_kubeadm.yml on the kubeadm lab (real kubeadm, etcd, kube-apiserver, kube-controller-manager,
 kube-scheduler on cp1..cp3; the kubelet double on every node), judged by real clients only.
 
-In order (a failed step skips the later ones): stage writes nothing live and check mode of prepare changes no file;
+A control-plane node unreachable at the start is refused before anything changes. Then, in order (a failed step skips
+the later ones): stage writes nothing live and check mode of prepare changes no file;
 prepare, promote and finalize of the cluster, front-proxy and etcd CAs each run under the traffic probe (the Go TLS
 client failing over between the three apiservers, etcdctl writing through the three etcd members) with 0 failed
 requests, 0 certificate failures and 0 lost etcd writes:
@@ -199,6 +200,32 @@ def new_token(lab):
     raise AssertionError(result.stderr)
 
 
+def assert_no_key_material(output, stage_dir):
+    """No staged key in a -vvv run's output: neither its PEM nor its base64 (slurp's form) nor one of its lines."""
+    assert "PRIVATE KEY" not in output
+    for root, _dirs, files in os.walk(stage_dir):
+        for name in (f for f in files if f.endswith(".key")):
+            with open(os.path.join(root, name), "rb") as handle:
+                data = handle.read()
+            body = [line for line in data.decode("ascii").splitlines() if not line.startswith("-----")]
+            assert base64.b64encode(data).decode("ascii")[:64] not in output, name
+            assert not any(line in output for line in body[1:-1]), name
+
+
+def test_00_an_unreachable_control_plane_node_is_refused_before_anything_changes(lab):
+    with open(lab["inventory"], encoding="utf-8") as handle:
+        text = handle.read()
+    # a fourth control-plane node nobody answers for (loopback, a closed port)
+    inventory = write(os.path.join(lab["base"], "inventory-unreachable.ini"),
+                      text.replace("[control_plane]\n", "[control_plane]\ncp4 ansible_host=127.0.0.1 ansible_port=1\n", 1))
+    before = node_files(lab)
+    rc, output, _seconds = rotate(dict(lab, inventory=inventory), "-e", "kubeadm_ca_rotation_phase=prepare",
+                                  "-e", "kubeadm_ca_rotation_id=unreachable")
+    assert rc != 0 and "unreachable: cp4; nothing was changed" in output, output[-3000:]
+    assert node_files(lab) == before
+    assert not any(os.path.exists(kubeadm_lab.host_path(h, "/var/lib/kubepki/unreachable")) for h in lab["hosts"])
+
+
 def test_01_stage_and_check_mode_change_no_live_file(lab):
     cp1 = kubeadm_lab.control_planes(lab)[0]
     assert kubeadm_lab.kubectl(cp1, "create", "deployment", "consumer", "--image", "registry.k8s.io/pause:3.10").returncode == 0
@@ -209,9 +236,10 @@ def test_01_stage_and_check_mode_change_no_live_file(lab):
     ca_file = pki(cp1, "pki/ca.crt")
     assert all(token_user(h, TOKENS["old"], ca_file) == SA_USER for h in kubeadm_lab.control_planes(lab))
     before = node_files(lab)
-    rc, output, _seconds = rotate(lab, "-e", "kubeadm_ca_rotation_phase=stage")
+    rc, output, _seconds = rotate(lab, "-vvv", "-e", "kubeadm_ca_rotation_phase=stage")
     assert rc == 0, output[-5000:]
     assert node_files(lab) == before
+    assert_no_key_material(output, kubeadm_lab.host_path(cp1, STATE + "/staged"))
     for host in lab["hosts"]:
         stage_dir = kubeadm_lab.host_path(host, STATE + "/staged")
         names = sorted(os.path.relpath(os.path.join(r, f), stage_dir) for r, _d, fs in os.walk(stage_dir) for f in fs)
@@ -285,6 +313,9 @@ def test_03_promote_under_probe(lab):
         assert front_proxy_user(lab, host, staged(lab, "front-proxy-ca.crt"), staged(lab, "front-proxy-ca.key"), work,
                                 new_ca) == "alice", host["name"]
     assert "sha256:" in output and "new sha256:" in output
+    for host in lab["hosts"]:  # the worker's request keys went into its kubelet credential; no spare copy is kept
+        requests_dir = kubeadm_lab.host_path(host, STATE + "/requests")
+        assert not os.path.isdir(requests_dir) or not os.listdir(requests_dir), (host["name"], os.listdir(requests_dir))
     TOKENS["new"] = new_token(lab)  # signed with the new service-account key
     for host in kubeadm_lab.control_planes(lab):
         assert token_user(host, TOKENS["old"], new_ca) == SA_USER, host["name"]

@@ -194,11 +194,6 @@ def plan_signing(layout, request_dir: str, *, ca_name: str, ca_cert_path: str, c
     return StepPlan(items, writes)
 
 
-def _ca_files(layout, ca_name: str) -> tuple:
-    ca = next(ca for ca in layout.cas if ca.name == ca_name)
-    return os.path.join(layout.tls_dir, ca.cert), os.path.join(layout.tls_dir, ca.key)
-
-
 def plan_install(layout, request_dir: str, *, names=None, remove_ca_keys: bool = False,
                  backup_root: str | None = None) -> StepPlan:
     """Check every signed certificate (its key from the request directory, the node's CA on disk signed it), then
@@ -214,7 +209,7 @@ def plan_install(layout, request_dir: str, *, names=None, remove_ca_keys: bool =
         key_pem = read_bytes(files.key, what="private key")
         if not key_matches_certificate(load_private_key(key_pem, source=files.key), certificate):
             raise InvalidInputError("%s does not match %s" % (files.cert, files.key), path=files.cert)
-        ca_cert_path, _ca_key_path = _ca_files(layout, files.ca_name)
+        ca_cert_path, _ca_key_path = layout.ca_paths(files.ca_name)
         if files.ca_name not in ca_certificates:  # read and parsed once per CA, not once per certificate
             ca_certificates[files.ca_name] = load_certificates(read_bytes(ca_cert_path, what="CA certificate"),
                                                                source=ca_cert_path)[0]
@@ -237,7 +232,7 @@ def plan_install(layout, request_dir: str, *, names=None, remove_ca_keys: bool =
         items.append({"name": files.name, "path": files.live_cert, "state": "installed" if pending else "present"})
     removals = []
     if remove_ca_keys:
-        removals = [key for key in (_ca_files(layout, name)[1] for name in sorted(signers)) if os.path.exists(key)]
+        removals = [key for key in (layout.ca_paths(name)[1] for name in sorted(signers)) if os.path.exists(key)]
         writes += _manifests_without_signing_key(layout, signers)
     return StepPlan(items, writes, removals, backup_root)
 

@@ -62,9 +62,13 @@ from ansible_collections.kubepki.certs.plugins.module_utils._pki.keys import (
     same_key,
     serialize_private_key,
 )
-from ansible_collections.kubepki.certs.plugins.module_utils._pki.kubeadm_ca_requests import kubeconfig_credential
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.kubeconfig import decode_embedded
-from ansible_collections.kubepki.certs.plugins.module_utils._pki.leaf_renewal import b64, kubeadm_profile, replace_user_data
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.leaf_renewal import (
+    b64,
+    kubeadm_profile,
+    kubeconfig_credential,
+    replace_user_data,
+)
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.trees import backup_tree
 
 PREPARE, PROMOTE, FINALIZE = "prepare", "promote", "finalize"

@@ -35,24 +35,9 @@ from ansible_collections.kubepki.certs.plugins.module_utils._pki.keys import (
     load_private_key,
     serialize_private_key,
 )
-from ansible_collections.kubepki.certs.plugins.module_utils._pki.kubeconfig import decode_embedded
-from ansible_collections.kubepki.certs.plugins.module_utils._pki.kubeconfig_copies import single_user
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.leaf_renewal import kubeconfig_credential
 
 NODE_PREFIX, NODE_GROUP = "system:node:", "system:nodes"  # the only identity a control-plane node signs for others
-
-
-def kubeconfig_credential(path: str, text: str) -> tuple:
-    """(certificate, key, file path or None) of a kubeconfig's single user: embedded, or in a PEM file holding both
-    (kubelet-client-current.pem); (None, None, None) for a user without a client certificate."""
-    user = single_user(text, path)
-    if user.get("client-certificate-data"):
-        certificate = load_certificates(decode_embedded(user["client-certificate-data"], source=path), source=path)[0]
-        return certificate, load_private_key(decode_embedded(user["client-key-data"], source=path), source=path), None
-    if user.get("client-certificate"):
-        file_path = os.path.realpath(os.path.join(os.path.dirname(path), user["client-certificate"]))
-        pem = read_bytes(file_path, what="client certificate")
-        return load_certificates(pem, source=file_path)[0], load_private_key(pem, source=file_path), file_path
-    return None, None, None
 
 
 def _key_path(requests_dir: str, kubeconfig: str) -> str:
@@ -83,6 +68,14 @@ def apply_requests(requests_dir: str, planned: list) -> None:
     for _path, write, _csr in planned:
         if write is not None:
             atomic_write(write[0], write[1], mode=write[2])
+
+
+def request_keys(requests_dir: str) -> list:
+    """The request keys kept here (their credentials are installed once promote is recorded: then they are spare copies
+    of live keys, which ``record`` removes)."""
+    if not os.path.isdir(requests_dir):
+        return []
+    return sorted(os.path.join(requests_dir, n) for n in os.listdir(requests_dir) if n.endswith(".key"))
 
 
 def sign_node_request(ca, csr_pem: bytes, *, validity_days: int, now=None):

@@ -69,20 +69,9 @@ class RotatedCA:
         return dump_certificates([self.new])
 
 
-def _base(layout, name: str) -> str:
-    ca = next((ca for ca in layout.cas if ca.name == name), None)
-    if ca is None:
-        raise InvalidInputError("unknown CA %r; kubeadm's are %s" % (name, ", ".join(ca.name for ca in layout.cas)))
-    return ca.cert[:-len(".crt")]
-
-
-def live_ca_paths(layout, name: str) -> tuple:
-    ca = next(ca for ca in layout.cas if ca.name == name)
-    return os.path.join(layout.tls_dir, ca.cert), os.path.join(layout.tls_dir, ca.key)
-
-
 def staged_paths(layout, stage_dir: str, name: str) -> dict:
-    base = os.path.join(stage_dir, _base(layout, name))
+    """The staged files of CA ``name``, named as in pki/ (ca, front-proxy-ca, etcd/ca) with the suffixes above."""
+    base = os.path.join(stage_dir, layout.ca(name).cert[:-len(".crt")])
     return {"new": base + NEW_CERT, "key": base + NEW_KEY, "cross": base + CROSS_CERT, "old": base + OLD_CERT}
 
 
@@ -132,7 +121,7 @@ def plan_stage(layout, stage_dir: str, names, *, validity_days: int = 3650, now=
     moment = now or utcnow()
     planned = []
     for name in names:
-        cert_path, key_path = live_ca_paths(layout, name)
+        cert_path, key_path = layout.ca_paths(name)
         certificates = load_certificates(read_bytes(cert_path, what="CA certificate"), source=cert_path)
         paths = staged_paths(layout, stage_dir, name)
         if len(certificates) != 1:
@@ -190,7 +179,7 @@ def load_staged(layout, stage_dir: str, names) -> dict:
             key = load_private_key(read_bytes(paths["key"], what="staged CA key"), source=paths["key"])
             if not key_matches_certificate(key, new):
                 raise InvalidInputError("%s does not belong to %s" % (paths["key"], paths["new"]), path=paths["key"])
-        cert_path, key_path = live_ca_paths(layout, name)
+        cert_path, key_path = layout.ca_paths(name)
         staged[name] = RotatedCA(name, cert_path, key_path, old, new, cross, key)
     return staged
 

@@ -31,8 +31,7 @@ def externally_managed_cas(layout) -> dict:
 def etcd_is_local(layout) -> bool:
     """kubeadm lists the etcd certificates unless the cluster uses an external etcd; on the node that shows as the
     etcd static pod manifest or the etcd CA being there."""
-    etcd_ca = next(ca for ca in layout.cas if ca.name == ETCD_CA)
-    return os.path.exists(layout.extra["etcd_manifest"]) or os.path.exists(os.path.join(layout.tls_dir, etcd_ca.cert))
+    return os.path.exists(layout.extra["etcd_manifest"]) or os.path.exists(layout.ca_paths(ETCD_CA)[0])
 
 
 def _by_path(entries: list) -> dict:

@@ -98,6 +98,11 @@ class Layout:
     def tls_path(self, relative: str) -> str:
         return os.path.join(self.tls_dir, relative)
 
+    def ca_paths(self, name: str) -> tuple:
+        """(certificate path, key path) of the CA ``name`` on this node."""
+        entry = self.ca(name)
+        return self.tls_path(entry.cert), self.tls_path(entry.key)
+
     def as_dict(self) -> dict:
         """Plain data for roles (returned by the ``layout`` facts and by modules)."""
         return {

@@ -103,8 +103,7 @@ def kubeadm_targets(layout) -> list:
 
 def _ca_pair(layout, ca_name: str):
     """The CA's certificate and key, or None when the key is absent (an externally managed CA)."""
-    ca = next(ca for ca in layout.cas if ca.name == ca_name)
-    cert_path, key_path = os.path.join(layout.tls_dir, ca.cert), os.path.join(layout.tls_dir, ca.key)
+    cert_path, key_path = layout.ca_paths(ca_name)
     certificate = load_certificates(read_bytes(cert_path, what="CA certificate"), source=cert_path)[0]
     if not os.path.exists(key_path):
         return certificate, None, key_path
@@ -115,14 +114,27 @@ def _ca_pair(layout, ca_name: str):
     return certificate, key, key_path
 
 
+def kubeconfig_credential(path: str, text: str) -> tuple:
+    """(certificate, key, file path or None) of a kubeconfig's single user: embedded, or in a PEM file holding both
+    (kubelet-client-current.pem); (None, None, None) for a user without a client certificate."""
+    user = single_user(text, path)
+    if user.get("client-certificate-data"):
+        certificate = load_certificates(decode_embedded(user["client-certificate-data"], source=path), source=path)[0]
+        return certificate, load_private_key(decode_embedded(user["client-key-data"], source=path), source=path), None
+    if user.get("client-certificate"):
+        file_path = os.path.realpath(os.path.join(os.path.dirname(path), user["client-certificate"]))
+        pem = read_bytes(file_path, what="client certificate")
+        return load_certificates(pem, source=file_path)[0], load_private_key(pem, source=file_path), file_path
+    return None, None, None
+
+
 def current_credentials(target: Target):
     """(certificate, key, kubeconfig text or None) as on disk now."""
     if target.in_kubeconfig:
         text = read_bytes(target.cert_path, what="kubeconfig").decode("utf-8")
-        user = single_user(text, target.cert_path)
-        certificate = load_certificates(decode_embedded(user["client-certificate-data"], source=target.cert_path),
-                                        source=target.cert_path)[0]
-        key = load_private_key(decode_embedded(user["client-key-data"], source=target.cert_path), source=target.cert_path)
+        certificate, key, file_path = kubeconfig_credential(target.cert_path, text)
+        if certificate is None or file_path is not None:
+            raise InvalidInputError("%s holds no embedded client certificate to renew" % target.cert_path, path=target.cert_path)
         return certificate, key, text
     certificate = load_certificates(read_bytes(target.cert_path, what="certificate"), source=target.cert_path)[0]
     key = load_private_key(read_bytes(target.key_path, what="private key"), source=target.key_path)
