@@ -102,16 +102,29 @@ def _cross(old, old_key, new, new_key, validity_days: int, now):
                                 organization=_organization(new), now=now)
 
 
+def _read_staged(paths: dict) -> tuple:
+    """(new, cross, old, key or None) as staged; the key is optional (workers get none)."""
+    new, cross, old = (load_certificates(read_bytes(paths[what]), source=paths[what])[0] for what in ("new", "cross", "old"))
+    key = None
+    if os.path.exists(paths["key"]):
+        key = load_private_key(read_bytes(paths["key"], what="staged CA key"), source=paths["key"])
+    return new, cross, old, key
+
+
+def _problem(paths: dict, new, cross, old, key) -> str | None:
+    """Why a staged set is not a rotation of ``old``: a sentence, or None."""
+    if cross.subject != new.subject or not same_key(cross.public_key(), new.public_key()) or not is_directly_issued_by(cross, old):
+        return "%s is not %s cross-signed by %s; restage the rotation" % (paths["cross"], paths["new"], paths["old"])
+    if key is not None and not key_matches_certificate(key, new):
+        return "%s does not belong to %s" % (paths["key"], paths["new"])
+    return None
+
+
 def _staged_ok(paths: dict, old) -> bool:
     if not all(os.path.exists(p) for p in paths.values()):
         return False
-    new = load_certificates(read_bytes(paths["new"]), source=paths["new"])[0]
-    cross = load_certificates(read_bytes(paths["cross"]), source=paths["cross"])[0]
-    previous = load_certificates(read_bytes(paths["old"]), source=paths["old"])[0]
-    key = load_private_key(read_bytes(paths["key"], what="staged CA key"), source=paths["key"])
-    return (fingerprint_sha256(previous) == fingerprint_sha256(old) and key_matches_certificate(key, new)
-            and cross.subject == new.subject and same_key(cross.public_key(), new.public_key())
-            and is_directly_issued_by(cross, old))
+    new, cross, previous, key = _read_staged(paths)
+    return fingerprint_sha256(previous) == fingerprint_sha256(old) and _problem(paths, new, cross, previous, key) is None
 
 
 def plan_stage(layout, stage_dir: str, names, *, validity_days: int = 3650, now=None) -> list:
@@ -168,17 +181,10 @@ def load_staged(layout, stage_dir: str, names) -> dict:
             if not os.path.exists(paths[what]):
                 raise InvalidInputError("%s is missing: stage the rotation (step stage) and copy it to this node first"
                                         % paths[what], path=paths[what])
-        new = load_certificates(read_bytes(paths["new"]), source=paths["new"])[0]
-        cross = load_certificates(read_bytes(paths["cross"]), source=paths["cross"])[0]
-        old = load_certificates(read_bytes(paths["old"]), source=paths["old"])[0]
-        if cross.subject != new.subject or not same_key(cross.public_key(), new.public_key()) or not is_directly_issued_by(cross, old):
-            raise InvalidInputError("%s is not %s cross-signed by %s; restage the rotation" % (paths["cross"], paths["new"], paths["old"]),
-                                    path=paths["cross"])
-        key = None
-        if os.path.exists(paths["key"]):
-            key = load_private_key(read_bytes(paths["key"], what="staged CA key"), source=paths["key"])
-            if not key_matches_certificate(key, new):
-                raise InvalidInputError("%s does not belong to %s" % (paths["key"], paths["new"]), path=paths["key"])
+        new, cross, old, key = _read_staged(paths)
+        problem = _problem(paths, new, cross, old, key)
+        if problem is not None:
+            raise InvalidInputError(problem, path=paths["cross"])
         cert_path, key_path = layout.ca_paths(name)
         staged[name] = RotatedCA(name, cert_path, key_path, old, new, cross, key)
     return staged
