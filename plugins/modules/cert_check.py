@@ -206,6 +206,32 @@ certificates:
       description: Number of certificates in the file (k3s leaf files carry the CA bundle after the leaf).
       type: int
       sample: 2
+    bundle:
+      description:
+        - Every certificate of the file in order, position 1 being the one in use (served by a leaf file, signing in a
+          CA file); empty for C(MISSING) and C(INVALID) entries. The Prometheus textfile
+          (P(kubepki.certs.x509_textfile#filter)) reports each with its position.
+      type: list
+      elements: dict
+      contains:
+        position:
+          description: 1 for the first certificate of the file.
+          type: int
+        subject_cn:
+          description: The subject's common name (empty when it has none).
+          type: str
+        issuer_cn:
+          description: The issuer's common name.
+          type: str
+        serial:
+          description: Serial number, upper-case hex.
+          type: str
+        not_before:
+          description: Validity start, ISO 8601 UTC.
+          type: str
+        not_after:
+          description: Validity end, ISO 8601 UTC.
+          type: str
     signed_by:
       description:
         - C(self) for a self-signed certificate; else the CA file (first certificate of a CA file in the same

@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass, field
 
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.certs import (
+    common_name,
     is_ca,
     is_directly_issued_by,
     is_self_signed,
@@ -219,6 +220,14 @@ def _bundle_notes(certificates: list, *, now: datetime.datetime) -> list:
     return notes
 
 
+def bundle_items(certificates: list) -> list:
+    """Every certificate of a file in order (position 1 is the one in use: served, or signing), public fields only."""
+    return [{"position": position, "subject_cn": common_name(certificate.subject),
+             "issuer_cn": common_name(certificate.issuer), "serial": serial_hex(certificate.serial_number),
+             "not_before": iso8601(not_before(certificate)), "not_after": iso8601(not_after(certificate))}
+            for position, certificate in enumerate(certificates, start=1)]
+
+
 def _blank_entry(path: str, source: str, kubeconfig_entry: str | None) -> dict:
     return {
         "path": path,
@@ -233,6 +242,7 @@ def _blank_entry(path: str, source: str, kubeconfig_entry: str | None) -> dict:
         "is_ca": None,
         "usages": [],
         "chain_length": 0,
+        "bundle": [],
         "signed_by": None,
         "key_file": None,
         "key_matches": None,
@@ -284,6 +294,7 @@ def certificate_entry(subject: Subject, *, candidates: list, now: datetime.datet
         is_ca=is_ca(first),
         usages=key_usages(first),
         chain_length=len(certificates),
+        bundle=bundle_items(certificates),
         signed_by=signer,
         key_file=subject.key_file,
         key_matches=matches,
