@@ -36,8 +36,9 @@ description:
     forgets the record. O(step=status) reads the record.
   - O(step=published) (read-only, needs kubectl and C(admin.conf)) lists the namespaces whose C(kube-root-ca.crt)
     ConfigMap does not hold the new cluster CA yet (the controller-manager publishes it from C(--root-ca-file)).
-    O(step=cluster_info) puts the new cluster CA alone into C(kube-public/cluster-info) when that ConfigMap exists
-    (kubeadm join's discovery; a bundle there makes join loop, kubernetes/kubeadm#1399).
+    O(step=cluster_info) puts the cluster CA joins must trust alone into C(kube-public/cluster-info) when that ConfigMap
+    exists (kubeadm join's discovery; a bundle there makes join loop, kubernetes/kubeadm#1399). That is the new CA once
+    V(promote) has begun on this node, the old one before it or after its rollback.
   - With O(service_account_key=true) the service-account key rotates in the same phases. O(step=stage) stages a new
     key (C(sa.key)) and the public keys C(pki/sa.pub) held (C(sa-previous.pub)). V(prepare) makes C(sa.pub) hold the
     previous keys and the new one (every apiserver verifies tokens of both), V(promote) puts the new key in C(sa.key)
@@ -210,6 +211,7 @@ from ansible_collections.kubepki.certs.plugins.module_utils._pki import kubeadm_
 from ansible_collections.kubepki.certs.plugins.module_utils._pki import kubeadm_ca_requests as requests
 from ansible_collections.kubepki.certs.plugins.module_utils._pki import kubeadm_ca_sa_key as sa_key
 from ansible_collections.kubepki.certs.plugins.module_utils._pki import kubeadm_ca_stage as stage
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.certs import dump_certificates
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.diffs import Change, summary_diff
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.layout import KUBEADM_CA_NAMES, KUBEADM_DISTRIBUTIONS, get_layout
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.module_edge import kubectl_command, require_cryptography, run_engine
@@ -365,7 +367,10 @@ def _published(module, layout):
 
 
 def _cluster_info(module, layout):
-    new_pem = _new_cluster_ca(module, layout)
+    # the CA joins must trust: the new one once promote has begun here (and is not rolled back), else the old one
+    staged = run_engine(module, stage.load_staged, layout, _stage_dir(module.params), ["ca"])["ca"]
+    promoted = phases.PROMOTE in run_engine(module, phases.started_phases, module.params["state_dir"])
+    new_pem = staged.new_pem if promoted else dump_certificates([staged.old])
     rc, out, err = _kubectl(module, layout, "--namespace", "kube-public", "get", "configmap", "cluster-info", "-o", "json")
     if rc != 0:
         if "NotFound" in err:
@@ -379,7 +384,8 @@ def _cluster_info(module, layout):
                                  "--type", "merge", "--patch", json.dumps(patch))
         if rc != 0:
             module.fail_json(msg="kubectl patch configmap cluster-info failed: %s" % err.strip()[-500:])
-    return True, {"changes": [{"path": "kube-public/cluster-info", "action": "write", "what": "the new cluster CA"}]}
+    return True, {"changes": [{"path": "kube-public/cluster-info", "action": "write",
+                               "what": "the %s cluster CA" % ("new" if promoted else "old")}]}
 
 
 def main():

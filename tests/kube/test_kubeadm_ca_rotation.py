@@ -21,8 +21,9 @@ requests, 0 certificate failures and 0 lost etcd writes:
   node, every node is Ready;
 - the service-account key: a token issued before the rotation authenticates at every apiserver until finalize and is
   refused after it; a token issued after promote authenticates at every apiserver from then on;
-- a rerun changes nothing and restarts nothing; a second rotation's prepare rolled back leaves every file of every node
-  as it was, the cluster healthy.
+- a rerun changes nothing and restarts nothing; a second rotation's promote and then prepare, each rolled back, leave
+  every file of every node as it was before the phase, kube-public/cluster-info on the CA the servers use, the cluster
+  healthy.
 """
 
 from __future__ import annotations
@@ -372,22 +373,39 @@ def test_05_rerun_changes_and_restarts_nothing(lab):
     assert {h["name"]: pod_starts(h) for h in kubeadm_lab.control_planes(lab)} == starts
 
 
-def test_06_rollback_of_prepare_restores_every_file(lab):
-    needs("staged")  # a rotation of its own ("second"), from wherever the first one stands
-    before = node_files(lab)
+def changed_files(before, after):
+    """Per host, the files that differ (the manifests carry the restart annotation: left out)."""
+    return {name: sorted(k for k in set(before[name]) | set(after[name])
+                         if before[name].get(k) != after[name].get(k) and not k.startswith("manifests/"))
+            for name in before}
+
+
+def cluster_info_ca(lab):
+    cp1 = kubeadm_lab.control_planes(lab)[0]
+    info = json.loads(kubeadm_lab.kubectl(cp1, "-n", "kube-public", "get", "configmap", "cluster-info", "-o", "json").stdout)
+    return base64.b64decode(re.search(r"certificate-authority-data:\s*(\S+)", info["data"]["kubeconfig"]).group(1)).decode("ascii")
+
+
+def test_06_rollback_of_promote_then_of_prepare_restores_every_file(lab):
+    needs("finalized")  # a second rotation, after the first
+    before, discovery = node_files(lab), cluster_info_ca(lab)
     second = ("-e", "kubeadm_ca_rotation_id=second")
     rc, output, _seconds = rotate(lab, "-e", "kubeadm_ca_rotation_phase=prepare", *second)
     assert rc == 0, output[-5000:]
-    assert node_files(lab) != before
-    rc, output, _seconds = rotate(lab, "-e", "kubeadm_ca_rotation_phase=rollback", *second)
+    prepared = node_files(lab)
+    assert prepared != before
+    rc, output, _seconds = rotate(lab, "-e", "kubeadm_ca_rotation_phase=promote", *second)
     assert rc == 0, output[-5000:]
-    assert "rolling back prepare" in output
-    after = node_files(lab)
-    for host in lab["hosts"]:  # the manifests carry the restart annotation; every other file is as before
-        changed = sorted(k for k in set(before[host["name"]]) | set(after[host["name"]])
-                         if before[host["name"]].get(k) != after[host["name"]].get(k))
-        assert all(k.startswith("manifests/") for k in changed), (host["name"], changed)
-    kubeadm_lab.wait_ready(lab, 120)
+    assert any(changed_files(prepared, node_files(lab)).values())
+    assert cluster_info_ca(lab) != discovery
+    for phase, state in (("promote", prepared), ("prepare", before)):  # each rollback: the last phase begun
+        rc, output, _seconds = rotate(lab, "-e", "kubeadm_ca_rotation_phase=rollback", *second)
+        assert rc == 0, output[-5000:]
+        assert "rolling back %s" % phase in output
+        assert changed_files(state, node_files(lab)) == {h["name"]: [] for h in lab["hosts"]}, phase
+        assert cluster_info_ca(lab) == discovery, phase  # joins trust the CA the servers use again
+        kubeadm_lab.wait_ready(lab, 120)
     cp1 = kubeadm_lab.control_planes(lab)[0]
     assert kubeadm_lab.kubectl(cp1, "get", "nodes").returncode == 0
+    assert all(token_user(h, TOKENS["new"], pki(cp1, "pki/ca.crt")) == SA_USER for h in kubeadm_lab.control_planes(lab))
     shutil.rmtree(os.path.join(lab["base"], "prepare"), ignore_errors=True)
