@@ -166,28 +166,28 @@ def front_proxy_user(lab, host, ca_cert, ca_key, work, ca_file):
                  ["openssl", "x509", "-req", "-in", csr, "-CA", ca_cert, "-CAkey", ca_key, "-CAcreateserial", "-days", "2",
                   "-extfile", write(os.path.join(work, "ext.cnf"), "extendedKeyUsage=clientAuth\n"), "-out", crt]):
         assert run(argv).returncode == 0
+    return self_subject_review(host, ca_file, ["--cert", crt, "--key", key, "-H", "X-Remote-User: alice",
+                                                "-H", "X-Remote-Group: kubepki-test"])
+
+
+def self_subject_review(host, ca_file, credentials):
+    """The user host's apiserver sees for a SelfSubjectReview made with credentials; None when it answers 401.
+    HTTP/1.1: over HTTP/2 Go's server may reset the stream of a refused POST whose body it did not read, and curl then
+    reports a partial transfer (18) instead of the 401 (seen once in CI); any other answer fails the test."""
     body = json.dumps({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
-    result = run(["curl", "-sS", "--max-time", "10", "--noproxy", "*", "--cacert", ca_file, "--cert", crt, "--key", key,
-                  "-H", "X-Remote-User: alice", "-H", "X-Remote-Group: kubepki-test", "-H", "Content-Type: application/json",
-                  "-X", "POST", "--data", body,
+    result = run(["curl", "-sS", "--http1.1", "--max-time", "10", "--noproxy", "*", "--cacert", ca_file] + credentials +
+                 ["-H", "Content-Type: application/json", "-X", "POST", "--data", body, "-w", "\n%{http_code}",
                   "https://%s:6443/apis/authentication.k8s.io/v1/selfsubjectreviews" % host["address"]])
-    try:
-        return json.loads(result.stdout)["status"]["userInfo"]["username"]
-    except (ValueError, KeyError, TypeError):
+    answer, _, status = result.stdout.rpartition("\n")
+    assert result.returncode == 0 and status in ("201", "401"), (host["name"], result.returncode, result.stdout, result.stderr)
+    if status == "401":
         return None
+    return json.loads(answer)["status"]["userInfo"]["username"]
 
 
 def token_user(host, token, ca_file):
     """The user host's apiserver authenticates a bearer token as (TokenReview through SelfSubjectReview); None: 401."""
-    body = json.dumps({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
-    result = run(["curl", "-sS", "--max-time", "10", "--noproxy", "*", "--cacert", ca_file, "-H", "Authorization: Bearer " + token,
-                  "-H", "Content-Type: application/json", "-X", "POST", "--data", body,
-                  "https://%s:6443/apis/authentication.k8s.io/v1/selfsubjectreviews" % host["address"]])
-    try:
-        return json.loads(result.stdout)["status"]["userInfo"]["username"]
-    except (ValueError, KeyError, TypeError):
-        assert '"code":401' in result.stdout.replace(" ", ""), (host["name"], result.stdout, result.stderr)
-        return None
+    return self_subject_review(host, ca_file, ["-H", "Authorization: Bearer " + token])
 
 
 def new_token(lab):
