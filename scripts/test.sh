@@ -339,6 +339,12 @@ step_docs_lint() {
     ANSIBLE_COLLECTIONS_PATH="${STAGE_ROOT}" antsibull-docs lint-collection-docs --plugin-docs .
 }
 
+# The docsite as HTML (antsibull-docs + Sphinx, warnings as errors), every guide, plugin and role page checked.
+step_docs_html() {
+    need_stage
+    bash "${COLL}/scripts/docs-html.sh" "${STAGE_ROOT}" "${WORK}/docsite"
+}
+
 step_build() {
     need_stage
     local out="${WORK}/build" tarball bad
@@ -393,6 +399,7 @@ run_step "pytest tests/kube (real kubeadm + control plane)" step_pytest_kube 360
 run_step "ansible-lint" step_ansible_lint 900
 run_step "antsibull-changelog lint" step_changelog_lint 300
 run_step "antsibull-docs lint" step_docs_lint 600
+run_step "docs HTML (Sphinx)" step_docs_html 600
 run_step "galaxy build" step_build 300
 
 PYTHON_FOR_REPORT="$(command -v python3 || command -v python)"
