@@ -58,7 +58,7 @@ coll, html = sys.argv[1], sys.argv[2]
 with open(os.path.join(coll, "docs/docsite/extra-docs.yml"), encoding="utf-8") as handle:
     guides = re.findall(r"^\s*-\s+(guide_\w+)\s*$", handle.read(), re.M)
 expected = ["docsite/%s.html" % guide for guide in guides]
-for plugin_type in ("module", "filter"):  # the names ansible-doc lists (one filter file may hold several)
+for plugin_type in ("module", "filter", "callback"):  # the names ansible-doc lists (a filter file may hold several)
     listed = json.loads(subprocess.run(["ansible-doc", "-t", plugin_type, "-l", "--json", "kubepki.certs"], check=True,
                                        capture_output=True, text=True).stdout)
     expected += ["%s_%s.html" % (name.split(".")[-1], plugin_type) for name in sorted(listed)]

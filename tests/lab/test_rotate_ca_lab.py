@@ -45,10 +45,12 @@ import sys
 import tempfile
 import time
 
+import ansible_runner
 import pytest
 import yaml
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtensionOID
 
@@ -170,6 +172,9 @@ class Lab:
         self._host = {h["name"]: h for h in state["hosts"]}
         self.ctx = {}  # what earlier tests of the scenario recorded for later ones
         self.runs = 0
+        # "ansible-runner": every playbook run as an AWX job template runs it (see runner_job)
+        self.executor = "ansible-playbook"
+        self.events_scanned = 0
 
     # --- layout (independent of the collection: upstream's documented paths) ---
     @property
@@ -246,7 +251,10 @@ class Lab:
 
     # --- Ansible ---
     def playbook(self, playbook, *args, timeout=PLAYBOOK_TIMEOUT):
-        """ansible-playbook from the repository root; returns (rc, output). The output is kept in the lab's log dir."""
+        """ansible-playbook from the repository root; returns (rc, output). The output is kept in the lab's log dir.
+        With executor "ansible-runner" the run is an AWX-like job instead (runner_job)."""
+        if self.executor == "ansible-runner":
+            return self.runner_job(playbook, args, timeout)
         env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=self.collections, ANSIBLE_HOST_KEY_CHECKING="False",
                    ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", ANSIBLE_DEPRECATION_WARNINGS="False",
                    ANSIBLE_RETRY_FILES_ENABLED="False", ANSIBLE_STDOUT_CALLBACK="default")
@@ -261,6 +269,67 @@ class Lab:
         with open(log, "w", encoding="utf-8") as handle:
             handle.write("$ %s\n(rc %d, %.1f s)\n%s" % (" ".join(cmd), result.returncode, time.monotonic() - started, output))
         return result.returncode, output
+
+    def runner_job(self, playbook, args, timeout):
+        """The playbook as an AWX job template runs it: ansible-runner (AWX's executor) with a private data dir of
+        its own, the lab's inventory, extra variables (args' -e k=v), --check as a check job passes it, verbosity 3
+        (-vvv). Every job event is scanned for the lab's join tokens and for any private key on any node, before and
+        after the run (new keys included); a hit fails the test. Returns (rc, stdout of the job)."""
+        extravars, cmdline, rest = {}, [], list(args)
+        while rest:
+            arg = rest.pop(0)
+            if arg == "-e":
+                name, value = rest.pop(0).split("=", 1)
+                extravars[name] = value
+            else:
+                cmdline.append(arg)
+        if self.program != "k3s":
+            extravars["kubepki_distribution"] = self.program
+        secrets = self.secrets()
+        self.runs += 1
+        private = os.path.join(self.log_dir, "%02d-%s.runner" % (self.runs, os.path.basename(playbook)))
+        os.makedirs(private)
+        envvars = {"ANSIBLE_COLLECTIONS_PATH": self.collections, "ANSIBLE_HOST_KEY_CHECKING": "False",
+                   "ANSIBLE_NOCOLOR": "1", "ANSIBLE_DEPRECATION_WARNINGS": "False", "ANSIBLE_RETRY_FILES_ENABLED": "False"}
+        job = ansible_runner.run(private_data_dir=private, ident="job", project_dir=REPO, playbook=playbook,
+                                 inventory=self.state["inventory"], extravars=extravars,
+                                 cmdline=" ".join(cmdline) or None, verbosity=3, envvars=envvars, quiet=True,
+                                 timeout=timeout)
+        events = list(job.events)
+        output = job.stdout.read()
+        secrets.update(self.secrets())
+        text = json.dumps(events)
+        leaked = sorted({name for name, value in secrets.items() if value in text})
+        assert events and not leaked, "%s: job events carry %s (see %s)" % (playbook, leaked, private)
+        self.events_scanned += len(events)
+        return job.rc, output
+
+    def secrets(self):
+        """What must never reach a job event: the join tokens (and their password part) and, for every private key on
+        any node, its PEM body lines and the start of its base64 (slurp's form). name -> fragment."""
+        found = {}
+        for (host, location), token in self.tokens().items():
+            found["token %s:%s" % (host, location)] = token
+            password = token.rsplit(":", 1)[-1]
+            if len(password) >= 16:
+                found["token password %s:%s" % (host, location)] = password
+        for host in self.hosts:
+            root = os.path.join(self._host[host]["root"], "root")
+            for dirpath, _dirnames, filenames in os.walk(root):
+                for file_name in filenames:
+                    full = os.path.join(dirpath, file_name)
+                    if os.path.islink(full) or not os.path.isfile(full) or os.path.getsize(full) > 65536:
+                        continue
+                    with open(full, "rb") as handle:
+                        data = handle.read()
+                    if b"PRIVATE KEY-----" not in data:
+                        continue
+                    where = "key %s:%s" % (host, full[len(root):])
+                    found[where + " (base64)"] = base64.b64encode(data).decode("ascii")[:48]
+                    lines = [line for line in data.decode("ascii", "replace").splitlines() if len(line) >= 32 and "-----" not in line]
+                    found.update(("%s line %d" % (where, number), line) for number, line in enumerate(lines))
+        found["PEM private key marker"] = "PRIVATE KEY-----"
+        return found
 
     def adhoc(self, pattern, module, args):
         env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=self.collections, ANSIBLE_HOST_KEY_CHECKING="False", ANSIBLE_NOCOLOR="1")
@@ -535,6 +604,41 @@ def recap(output):
             for host, ok, changed, unreach, failed in RECAP.findall(output)}
 
 
+def run_summary(output):
+    """The lines the run_summary callback printed at the end of a run: first word (a host, "CA <name>", "Left to do",
+    "Backups (rollback reads these)") -> the rest of its line."""
+    assert "KUBEPKI.CERTS RUN SUMMARY" in output, "no run summary at the end of the run:\n%s" % output[-3000:]
+    lines = output.rsplit("KUBEPKI.CERTS RUN SUMMARY", 1)[1].splitlines()[1:]
+    return dict(line.split(": ", 1) for line in lines if ": " in line)
+
+
+def summary_paths(text):
+    """The paths of a summary's "a, b and 2 more" list (the named ones)."""
+    return [p for p in text.split(" and ")[0].split(", ") if p.startswith("/")]
+
+
+def assert_summary_of_rotation(lab, output, old_bundles, new_bundles):
+    """The run summary names every node and what happened to it, judged against the lab: every node restarted (its
+    unit), every backup it names exists on that node, each CA line's old and new fingerprints are certificates of
+    the bundles before and after (sha256 by cryptography), nothing left to do."""
+    summary = run_summary(output)
+    for host in lab.hosts:
+        assert host in summary, "the summary does not name %s: %s" % (host, summary)
+        assert re.search(r"(^|; )restarted %s \(\d+\.\d s\)" % re.escape(lab.unit(host)), summary[host]), (host, summary[host])
+        for path in summary_paths(summary[host].split("backups: ", 1)[1] if "backups: " in summary[host] else ""):
+            assert os.path.isdir(lab.path(host, path)), "%s: backup %s named in the summary does not exist" % (host, path)
+    assert any("backups: /" in summary[h] for h in lab.servers), summary
+    assert summary.get("Left to do") == "nothing", summary
+
+    def prints(bundles):
+        return {c.fingerprint(hashes.SHA256()).hex()[:12] for bundle in bundles.values() for c in bundle}
+    ca_lines = {k[3:]: v for k, v in summary.items() if k.startswith("CA ")}
+    assert sorted(ca_lines) == sorted(CA_FILES), ca_lines
+    for name, text in ca_lines.items():
+        old, new = re.match(r"(\w+) -> (\w+) ", text).groups()
+        assert old in prints(old_bundles) and new in prints(new_bundles) and new not in prints(old_bundles), (name, text)
+
+
 def need(lab, *keys):
     missing = [key for key in keys if key not in lab.ctx]
     if missing:
@@ -594,6 +698,7 @@ def step_rotate(lab, work_dir):
     seconds = time.monotonic() - started
     assert rc == 0, "rotate-ca.yml failed (rc %d):\n%s" % (rc, output[-6000:])
     detail = assert_probe_clean(summary)
+    assert_summary_of_rotation(lab, output, lab.ctx["old_bundles"], lab.ca_bundles(lab.servers[0]))
     lab.ctx["rotated"] = {"seconds": round(seconds, 1), "probe": detail}
     sys.stderr.write("\n%s rotate-ca.yml: %.1f s; probe: %s\n" % (lab.state["name"], seconds, detail))
 
@@ -682,6 +787,10 @@ def step_failing_gate_on_server2(lab):
     assert not untouched, "restarted after the failed gate: %s" % untouched
     table = recap(output)
     assert table.get(server2, {}).get("failed") == 1, table
+    summary = run_summary(output)  # says where it stopped and what is left
+    assert summary[server2].startswith("FAILED at Gate"), summary[server2]
+    left = summary["Left to do"]
+    assert "node not reached (%s)" % lab.servers[2] in left and "plays not run: Restart the agents" in left, left
 
 
 def step_rotate_certs(lab):
@@ -716,6 +825,22 @@ def step_rotate_certs(lab):
                 problems.append("%s:%s is not issued by %s" % (host, path, ca.subject.rfc4514_string()))
     assert not problems, "leaves after rotate-certs:\n" + "\n".join(problems)
     lab.wait_all_ready(timeout=45)
+
+
+def step_check_expiration_job(lab, work_dir):
+    """check-expiration.yml as a job: the fleet report names every node, and the server CA's expiry it gives for
+    server1 is the one cryptography reads from the file."""
+    need(lab, "rotated")
+    report_dir = os.path.join(work_dir, lab.state["name"] + "-expiry")
+    rc, output = lab.playbook("check-expiration.yml", "-e", "check_expiration_report_dir=%s" % report_dir)
+    assert rc == 0, "check-expiration.yml failed (rc %d):\n%s" % (rc, output[-6000:])
+    with open(os.path.join(report_dir, "fleet-expiry.json"), encoding="utf-8") as handle:
+        report = json.load(handle)
+    assert sorted(report["hosts"]) == sorted(lab.hosts), sorted(report["hosts"])
+    with open(lab.tls(lab.servers[0], "server-ca.crt"), "rb") as handle:
+        served = x509.load_pem_x509_certificates(handle.read())[0]
+    entries = [e for e in report["certificates"] if e["host"] == lab.servers[0] and e["path"].endswith("/server-ca.crt")]
+    assert entries and entries[0]["not_after"].startswith(served.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%S")), entries
 
 
 def step_rollback(lab, work_dir):
@@ -794,10 +919,11 @@ def step_rollback_with_overridden_backup_dir(lab):
     assert_agents_on_new_bundle(lab)  # every node's agent/ copy equals the servers' (restored) bundles
 
 
-def cross_sign_lab(work_dir, harness, name, subnet, program):
+def cross_sign_lab(work_dir, harness, name, subnet, program, executor="ansible-playbook"):
     """Class fixture body: a 3 + 2 cluster on the default CAs; server3 keeps the full K10 join token in its config (as
     joined with a server's node-token) instead of the bare password: a server token location the rotation must
-    update too."""
+    update too. The collection's playbooks then run through ``executor`` (the lab's bootstrap always through
+    ansible-playbook)."""
     lab = make_lab(work_dir, name, subnet, 3, 2, program, harness.collections_path(work_dir), harness)
     try:
         bootstrap(lab)
@@ -808,6 +934,7 @@ def cross_sign_lab(work_dir, harness, name, subnet, program):
         assert "token: %s\n" % password in text
         with open(config, "w", encoding="utf-8") as handle:
             handle.write(text.replace("token: %s\n" % password, "token: %s\n" % token))
+        lab.executor = executor
         yield lab
     finally:
         teardown(lab)
@@ -821,14 +948,16 @@ def cross_sign_lab(work_dir, harness, name, subnet, program):
 @pytest.fixture(scope="class")
 def lab(request, work_dir, lab_harness):
     """The lab of a CrossSignSteps scenario class, as its ``LAB`` names it."""
-    yield from cross_sign_lab(work_dir, lab_harness, *request.cls.LAB)
+    yield from cross_sign_lab(work_dir, lab_harness, *request.cls.LAB, executor=request.cls.EXECUTOR)
 
 
 class CrossSignSteps:
     """Steps 01-07 of a cross-sign rotation on a 3 + 2 lab on the default self-signed CAs (not collected itself).
-    A scenario class names its lab in ``LAB``: (lab name, subnet, distribution)."""
+    A scenario class names its lab in ``LAB``: (lab name, subnet, distribution) and how playbooks run in
+    ``EXECUTOR``."""
 
     LAB: tuple = ()
+    EXECUTOR = "ansible-playbook"
 
     def test_01_check_mode_changes_no_file(self, lab):
         step_check_mode(lab)
@@ -873,15 +1002,24 @@ class TestRke2CrossSign(CrossSignSteps):
     after the service-key rotation (back to the CAs the failing-gate rotation then starts from)."""
 
     LAB = ("kprb", "10.123.121.0/24", "rke2")
+    EXECUTOR = "ansible-runner"  # every playbook of B as an AWX job template runs it, -vvv, every event scanned
 
-    def test_08_rollback_restores_the_original_cas_and_tokens(self, lab, work_dir):
+    def test_08_check_expiration_as_a_job(self, lab, work_dir):
+        step_check_expiration_job(lab, work_dir)
+
+    def test_09_rollback_restores_the_original_cas_and_tokens(self, lab, work_dir):
         step_rollback(lab, work_dir)
 
-    def test_09_rollback_with_an_overridden_backup_dir(self, lab):
+    def test_10_rollback_with_an_overridden_backup_dir(self, lab):
         step_rollback_with_overridden_backup_dir(lab)
 
-    def test_10_failing_gate_on_server2_leaves_the_rest_untouched(self, lab):
+    def test_11_failing_gate_on_server2_leaves_the_rest_untouched(self, lab):
         step_failing_gate_on_server2(lab)
+
+    def test_12_every_job_event_was_scanned(self, lab):
+        # B's jobs: check mode, rotation, second run, service key, check-expiration, rollbacks, failing gate
+        assert lab.executor == "ansible-runner" and lab.runs >= 9 and lab.events_scanned > 500, \
+            (lab.runs, lab.events_scanned)
 
 
 # ----------------------------------------------------------------------------------------------------------------
