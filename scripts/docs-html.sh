@@ -8,8 +8,8 @@
 # <collections root> holds ansible_collections/kubepki/certs (scripts/stage.sh makes one). The HTML lands in
 # <output dir>/build/html. Needs antsibull-docs, sphinx and sphinx-ansible-theme (tests/requirements.txt).
 #
-# The two labels antsibull-docs links into Ansible's own docs (common_return_values,
-# ansible_configuration_settings) resolve through a local intersphinx inventory naming their pages on
+# The labels antsibull-docs links into Ansible's own docs (common_return_values,
+# ansible_configuration_settings, callback_plugins) resolve through a local intersphinx inventory naming their pages on
 # docs.ansible.com: the build reaches no network and still fails on any other unresolved reference.
 set -euo pipefail
 
@@ -31,6 +31,7 @@ ANSIBLE_DOCS_LABELS = {  # label: (page, anchor, title)
     "common_return_values": ("reference_appendices/common_return_values.html", "common-return-values", "Return Values"),
     "ansible_configuration_settings": ("reference_appendices/config.html", "ansible-configuration-settings",
                                        "Ansible Configuration Settings"),
+    "callback_plugins": ("plugins/callback.html", "callback-plugins", "Callback plugins"),
 }
 lines = ["%s std:label -1 %s#%s %s" % (label, page, anchor, title)
          for label, (page, anchor, title) in sorted(ANSIBLE_DOCS_LABELS.items())]

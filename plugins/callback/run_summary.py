@@ -22,7 +22,7 @@ description:
   - Reads only results the collection's modules return; a result hidden by C(no_log) counts as changed or not,
     nothing more.
   - Enable it with C(callbacks_enabled = kubepki.certs.run_summary) in C(ansible.cfg) (this repository's does), or
-    E(ANSIBLE_CALLBACKS_ENABLED). It works beside any stdout callback, AWX's included.
+    C(ANSIBLE_CALLBACKS_ENABLED). It works beside any stdout callback, AWX's included.
 requirements:
   - Enabled in the configuration (see above).
 options:
