@@ -16,6 +16,7 @@ nothing and restarts nothing.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -307,6 +308,10 @@ def test_06_service_account_key_rotation_keeps_old_tokens(lab):
     assert account.returncode == 0, account.stderr
     uid = json.loads(account.stdout)["metadata"]["uid"]
     old_key = live_sa_key(cps[0])
+    originals = {}
+    for name in ("sa.key", "sa.pub"):
+        with open(pki(cps[0], "pki/" + name), "rb") as handle:
+            originals[name] = handle.read()
     old_token = request_token(lab, cps[0])
     dropped_token = forged_token(lab["previous_sa_key"], uid)
     assert signed_by(old_token, old_key.public_key())
@@ -320,6 +325,13 @@ def test_06_service_account_key_rotation_keeps_old_tokens(lab):
 
     new_key = live_sa_key(cps[0])
     assert new_key.public_key().public_numbers() != old_key.public_key().public_numbers()
+    # the backup holds the files as they were before the rotation (the sign step must not overwrite sa.pub's copy)
+    for name, data in originals.items():
+        copies = glob.glob(kubeadm_lab.host_path(cps[0], "/var/lib/kubepki/rotate-service-key/backup-*/etc/kubernetes/pki/"
+                                                 + name))
+        assert len(copies) == 1, (name, copies)
+        with open(copies[0], "rb") as handle:
+            assert handle.read() == data, "%s: the backup does not hold the file from before the rotation" % name
     for host in cps:
         assert live_sa_key(host).private_numbers() == new_key.private_numbers(), host["name"]
         with open(pki(host, "pki/sa.pub"), "rb") as handle:
