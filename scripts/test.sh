@@ -329,6 +329,68 @@ step_ansible_lint() {
     ANSIBLE_COLLECTIONS_PATH="${STAGE_ROOT}" ansible-lint --offline
 }
 
+# AWX as configuration (playbooks/awx) and the execution environment (meta/execution-environment.yml). awx.awx comes
+# from PyPI's ansible package, whose wheel bundles ansible_collections/awx/awx (no Galaxy here): the pinned wheel is
+# downloaded into the work dir (hash-checked) and only that collection extracted; nothing is installed.
+AWX_ANSIBLE_WHEEL="ansible==12.3.0"
+AWX_ANSIBLE_WHEEL_SHA256="cd156f82fa87f7a899212b0efa9f7ca3a24d609212de9f78428a572eb01e5414"
+step_awx_ee() {
+    need_stage
+    local work="${WORK}/awx" pkg pin ee_pin wheel out passed failed rc=0
+    rm -rf "${work}"
+    mkdir -p "${work}"
+
+    # The EE definition: ansible-builder reads its requirement files beside it (meta/), introspection at the
+    # collection root; the copies must be equal, the pins those of the test stack.
+    cmp requirements.txt meta/requirements.txt
+    cmp bindep.txt meta/bindep.txt
+    for pkg in ansible-core ansible-runner; do
+        pin="$(grep -E "^${pkg}==" tests/requirements.txt)"
+        ee_pin="$(python -c 'import sys, yaml
+deps = yaml.safe_load(open("meta/execution-environment.yml"))["dependencies"]
+print(deps[sys.argv[1].replace("-", "_")]["package_pip"])' "${pkg}")"
+        if [ "${pin}" != "${ee_pin}" ]; then
+            echo "meta/execution-environment.yml pins ${ee_pin}, tests/requirements.txt ${pin}"
+            return 1
+        fi
+    done
+    ansible-builder create -f meta/execution-environment.yml --context "${work}/ee" --output-filename Containerfile
+    test -s "${work}/ee/Containerfile"
+    cmp requirements.txt "${work}/ee/_build/requirements.txt"
+    cmp bindep.txt "${work}/ee/_build/bindep.txt"
+    grep -F "ansible-core==" "${work}/ee/Containerfile"
+    # Introspection (an EE that installs the collection) finds the collection's requirements.
+    ansible-builder introspect "${STAGE_ROOT}" \
+        --write-pip "${work}/introspect-pip.txt" --write-bindep "${work}/introspect-bindep.txt"
+    grep -E '^cryptography' "${work}/introspect-pip.txt"
+    grep -E '^openssl ' "${work}/introspect-bindep.txt"
+
+    # awx.awx from the ansible wheel.
+    printf '%s --hash=sha256:%s\n' "${AWX_ANSIBLE_WHEEL}" "${AWX_ANSIBLE_WHEEL_SHA256}" > "${work}/wheel.txt"
+    python -m pip download -q --no-deps --only-binary=:all: --require-hashes -r "${work}/wheel.txt" -d "${work}/wheel"
+    wheel="$(find "${work}/wheel" -name 'ansible-*.whl' -print -quit)"
+    python - "${wheel}" "${work}/collections" <<'PY'
+import json, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as wheel:
+    members = [name for name in wheel.namelist() if name.startswith("ansible_collections/awx/awx/")]
+    wheel.extractall(sys.argv[2], members)
+    info = json.loads(wheel.read("ansible_collections/awx/awx/MANIFEST.json"))["collection_info"]
+print("awx.awx %s from %s (%d files)" % (info["version"], sys.argv[1].rsplit("/", 1)[-1], len(members)))
+PY
+
+    # The playbook with the real collection: syntax, ansible-lint (production profile; args checks every module
+    # option against awx.awx's argument specs, --strict makes its findings fatal), then what neither checks.
+    export ANSIBLE_COLLECTIONS_PATH="${work}/collections:${STAGE_ROOT}"
+    ansible-playbook --syntax-check playbooks/awx/configure.yml
+    ansible-lint --offline --strict --enable-list args \
+        playbooks/awx/configure.yml playbooks/awx/vars/controller.yml playbooks/awx/vars/templates.yml
+    out="$(python tests/awx/check_config.py "${work}/collections/ansible_collections/awx/awx")" || rc=$?
+    printf '%s\n' "${out}"
+    read -r passed failed < <(printf '%s\n' "${out}" | sed -nE 's/^awx config: ([0-9]+) checks passed, ([0-9]+) failed$/\1 \2/p') || true
+    record counts "${passed:-0}" "${failed:-1}" 0
+    return "${rc}"
+}
+
 step_changelog_lint() {
     need_stage
     antsibull-changelog lint
@@ -397,6 +459,7 @@ run_step "pytest tests/lab" step_pytest_lab 3600
 run_step "pytest tests/roles" step_pytest_roles 1800
 run_step "pytest tests/kube (real kubeadm + control plane)" step_pytest_kube 3600
 run_step "ansible-lint" step_ansible_lint 900
+run_step "AWX config + EE" step_awx_ee 600
 run_step "antsibull-changelog lint" step_changelog_lint 300
 run_step "antsibull-docs lint" step_docs_lint 600
 run_step "docs HTML (Sphinx)" step_docs_html 600
