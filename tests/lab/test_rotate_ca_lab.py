@@ -632,8 +632,8 @@ def assert_summary_of_rotation(lab, output, old_bundles, new_bundles):
 
     def prints(bundles):
         return {c.fingerprint(hashes.SHA256()).hex()[:12] for bundle in bundles.values() for c in bundle}
-    ca_lines = {k[3:]: v for k, v in summary.items() if k.startswith("CA ")}
-    assert sorted(ca_lines) == sorted(CA_FILES), ca_lines
+    ca_lines = {k[3:]: v for k, v in summary.items() if k.startswith("CA ")}  # etcd-server-ca: etcd/server-ca
+    assert sorted(name.replace("etcd-", "etcd/", 1) for name in ca_lines) == sorted(CA_FILES), ca_lines
     for name, text in ca_lines.items():
         old, new = re.match(r"(\w+) -> (\w+) ", text).groups()
         assert old in prints(old_bundles) and new in prints(new_bundles) and new not in prints(old_bundles), (name, text)
