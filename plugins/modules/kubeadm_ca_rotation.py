@@ -30,6 +30,8 @@ description:
     credential the new CA has not issued yet; O(step=sign), on a control-plane node, signs such CSRs with the staged new
     cluster CA (node identities only, C(system:node:<name>) in C(system:nodes)); O(step=apply) with O(signed) installs
     them.
+  - O(step=receive) writes on another node the staged files O(step=stage) made (O(files), read from the staging node),
+    the keys 0600, in one call; a copy already equal is left alone.
   - O(step=record) records the phase as done on this node in C(<state_dir>/state.json); the next phase refuses to run
     before it. Recording V(promote) or V(finalize) also removes the request keys of O(step=request), whose credentials
     are installed by then. O(step=rollback) restores the files of O(phase) from its backup, removes the files it created and
@@ -60,7 +62,7 @@ options:
     description: Which step to run (see the description).
     type: str
     required: true
-    choices: [stage, request, sign, apply, record, rollback, status, published, cluster_info]
+    choices: [stage, receive, request, sign, apply, record, rollback, status, published, cluster_info]
   phase:
     description: The phase to apply, record or roll back.
     type: str
@@ -84,6 +86,12 @@ options:
       backups, C(state.json)).
     type: path
     required: true
+  files:
+    description:
+      - O(step=receive) only. The staged files, as the names O(step=stage) returned in RV(staged_files) mapped to their
+        content, base64-encoded (as C(ansible.builtin.slurp) reads it). Never logged.
+    type: dict
+    default: {}
   requests:
     description: O(step=sign) only. The CSRs to sign, as O(step=request) returned them.
     type: list
@@ -201,6 +209,8 @@ done:
   elements: str
 """
 
+import base64
+import binascii
 import json
 import os
 
@@ -216,7 +226,7 @@ from ansible_collections.kubepki.certs.plugins.module_utils._pki.diffs import Ch
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.layout import KUBEADM_CA_NAMES, KUBEADM_DISTRIBUTIONS, get_layout
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.module_edge import kubectl_command, require_cryptography, run_engine
 
-STEPS = ("stage", "request", "sign", "apply", "record", "rollback", "status", "published", "cluster_info")
+STEPS = ("stage", "receive", "request", "sign", "apply", "record", "rollback", "status", "published", "cluster_info")
 
 
 def _stage_dir(params) -> str:
@@ -243,6 +253,17 @@ def _stage(module, layout):
     if module._diff and writes:
         result["diff"] = summary_diff(_stage_dir(params), [Change(path, "absent", "staged") for path, _d, _m in writes])
     return bool(writes), result
+
+
+def _receive(module, _layout):
+    try:
+        files = {name: base64.b64decode(content, validate=True) for name, content in module.params["files"].items()}
+    except (TypeError, ValueError, binascii.Error):
+        module.fail_json(msg="files: every value must be the base64 content of a staged file (as slurp reads it)")
+    writes = run_engine(module, stage.plan_receive, _stage_dir(module.params), files)
+    if writes and not module.check_mode:
+        run_engine(module, stage.apply_stage, _stage_dir(module.params), [("received", "", writes)])
+    return bool(writes), {"changes": [{"path": path, "action": "write", "what": "staged"} for path, _data, _mode in writes]}
 
 
 def _staged_files(layout, params) -> list:
@@ -397,6 +418,7 @@ def main():
             distribution=dict(type="str", default=KUBEADM_DISTRIBUTIONS[0], choices=list(KUBEADM_DISTRIBUTIONS)),
             data_dir=dict(type="path"),
             state_dir=dict(type="path", required=True),
+            files=dict(type="dict", default={}, no_log=True),
             requests=dict(type="list", elements="dict", default=[]),
             signed=dict(type="list", elements="dict", default=[]),
             validity_days=dict(type="int", default=365),
@@ -408,7 +430,7 @@ def main():
     )
     require_cryptography(module)
     layout = run_engine(module, get_layout, module.params["distribution"], data_dir=module.params["data_dir"])
-    steps = {"stage": _stage, "request": _request, "sign": _sign, "apply": _apply, "record": _record,
+    steps = {"stage": _stage, "receive": _receive, "request": _request, "sign": _sign, "apply": _apply, "record": _record,
              "rollback": _rollback, "published": _published, "cluster_info": _cluster_info}
     changed, result = False, {"changes": []}
     if module.params["step"] in steps:

@@ -38,6 +38,7 @@ from ansible_collections.kubepki.certs.plugins.module_utils._pki.files import (
     atomic_write,
     ensure_dir,
     read_bytes,
+    read_if_exists,
 )
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.keys import (
     generate_private_key,
@@ -170,6 +171,20 @@ def apply_stage(stage_dir: str, planned: list) -> None:
         for path, data, mode in writes:
             ensure_dir(os.path.dirname(path), mode=PRIVATE_DIR_MODE)
             atomic_write(path, data, mode=mode)
+
+
+def plan_receive(stage_dir: str, files: dict) -> list:
+    """(path, data, mode) for each staged file sent from the staging node (name relative to the staging directory ->
+    bytes) whose copy here is missing or differs; keys (``.key``) private. A name leaving the directory is refused."""
+    root = os.path.normpath(stage_dir)
+    writes = []
+    for name, data in sorted(files.items()):
+        path = os.path.normpath(os.path.join(root, name))
+        if os.path.isabs(name) or not path.startswith(root + os.sep):
+            raise InvalidInputError("%s is not a file of the staging directory %s" % (name, root), path=name)
+        if read_if_exists(path) != data:
+            writes.append((path, data, PRIVATE_FILE_MODE if name.endswith(".key") else PUBLIC_FILE_MODE))
+    return writes
 
 
 def load_staged(layout, stage_dir: str, names) -> dict:
