@@ -126,7 +126,8 @@ class CallbackModule(CallbackBase):
         data = _result_of(result)
         action = getattr(result._task, "action", "") or ""
         self._reached.setdefault(self._play, set()).add(host)
-        note_result(self._run, host, result._task.get_name(), action, data, seconds=seconds, status=status,
+        name = result._task.name or result._task.get_name()  # the task's own name, without its role's
+        note_result(self._run, host, name, action, data, seconds=seconds, status=status,
                     check_mode=self._check_mode)
 
     def v2_runner_on_ok(self, result):

@@ -53,6 +53,14 @@ def add_once(items: list, item) -> None:
         items.append(item)
 
 
+def add_backup(backups: list, directory: str) -> None:
+    """Adds a backup directory, keeping only the outermost of nested ones (a tree, not each of its folders)."""
+    if any(directory == known or directory.startswith(known.rstrip("/") + "/") for known in backups):
+        return
+    backups[:] = [known for known in backups if not known.startswith(directory.rstrip("/") + "/")]
+    backups.append(directory)
+
+
 def _backup_dirs(result: dict) -> list:
     """The backup directories a result names (files reduced to their directories)."""
     dirs = []
@@ -120,7 +128,7 @@ def note_result(run: RunRecord, host: str, task_name: str, action: str, result: 
         if action.endswith(".backup") and isinstance(result.get("dest"), str):
             named.append(result["dest"])  # the backup module's tree, also when it already held everything
         for directory in named:
-            add_once(node.backups, directory)
+            add_backup(node.backups, directory)
     run.cas.update(_ca_changes(result.get("cas")))
     if isinstance(result.get("done"), list):
         node.phases_done = tuple(p for p in KUBEADM_PHASES if p in result["done"])
@@ -175,7 +183,7 @@ def summary_lines(run: RunRecord, *, title: str, seconds: float, check_mode: boo
     backups = []
     for node in run.nodes.values():
         for directory in node.backups:
-            add_once(backups, directory)
+            add_backup(backups, directory)
     if backups:
         lines.append("Backups (rollback reads these): %s" % _names(backups))
     return lines

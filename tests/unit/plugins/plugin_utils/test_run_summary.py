@@ -87,7 +87,12 @@ def test_check_mode_and_long_lists():
     run = RunRecord()
     for number in range(6):
         note_result(run, "node1", "task %d" % number, "ansible.builtin.copy", {"changed": True}, seconds=0.1, status="ok")
+    note_result(run, "node1", "tokens", "kubepki.certs.join_token",
+                {"changed": True, "backup_files": ["/b/id/etc/rancher/k3s/config.yaml", "/b/id/var/lib/x/token"]},
+                seconds=0.1, status="ok")
+    note_result(run, "node1", "tls", "kubepki.certs.backup", {"changed": True, "dest": "/b/id"}, seconds=0.1, status="ok")
     lines = lines_of(run, check_mode=True)
+    assert lines[-1] == "Backups (rollback reads these): /b/id"  # one tree, not each of its folders
     assert "(check mode: nothing changed)" in lines[0]
-    assert "node1: 6 tasks changed: task 0, task 1, task 2, task 3 and 2 more" in lines
+    assert "node1: 8 tasks changed: task 0, task 1, task 2, task 3 and 4 more; backups: /b/id" in lines
     assert waiting_line("Servers - promote", "Gate", ["cp2", "cp1"], 40.2) == "... Servers - promote | Gate | waiting 40 s for cp1, cp2"
