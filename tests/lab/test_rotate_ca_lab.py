@@ -779,7 +779,9 @@ def step_failing_gate_on_server2(lab):
     assert fatal, "no failure reported for %s:\n%s" % (server2, output[-6000:])
     assert "Gate" in output.split(fatal[0])[0].rsplit("TASK [", 1)[1].split("]", 1)[0], "%s failed outside the gate:\n%s" % (server2, output[-6000:])
     # why: the failed readyz check and its reason, as the apiserver answered ("[-]<check> failed: <reason>")
-    assert "readyz" in fatal[0] and "failed checks: lab-fail-readyz" in fatal[0], "the failure does not say why: %s" % fatal[0][:2000]
+    # the result: on its line, or (at -vvv, as the ansible-runner jobs of scenario B run) as indented JSON below it
+    result = fatal[0] + output.split(fatal[0], 1)[1].split("\n\n", 1)[0]
+    assert "readyz" in result and "failed checks: lab-fail-readyz" in result, "the failure does not say why: %s" % result[:2000]
     after = lab.service_pids()
     assert after[lab.servers[0]] != pids[lab.servers[0]], "%s was not restarted before %s" % (lab.servers[0], server2)
     assert after[server2] != pids[server2], "%s was not restarted (its gate cannot have run)" % server2
