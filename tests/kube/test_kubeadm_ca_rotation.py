@@ -166,8 +166,8 @@ def front_proxy_user(lab, host, ca_cert, ca_key, work, ca_file):
                  ["openssl", "x509", "-req", "-in", csr, "-CA", ca_cert, "-CAkey", ca_key, "-CAcreateserial", "-days", "2",
                   "-extfile", write(os.path.join(work, "ext.cnf"), "extendedKeyUsage=clientAuth\n"), "-out", crt]):
         assert run(argv).returncode == 0
-    return self_subject_review(host, ca_file, ["--cert", crt, "--key", key, "-H", "X-Remote-User: alice",
-                                                "-H", "X-Remote-Group: kubepki-test"])
+    credentials = ["--cert", crt, "--key", key, "-H", "X-Remote-User: alice", "-H", "X-Remote-Group: kubepki-test"]
+    return self_subject_review(host, ca_file, credentials)
 
 
 def self_subject_review(host, ca_file, credentials):
@@ -178,7 +178,7 @@ def self_subject_review(host, ca_file, credentials):
     result = run(["curl", "-sS", "--http1.1", "--max-time", "10", "--noproxy", "*", "--cacert", ca_file] + credentials +
                  ["-H", "Content-Type: application/json", "-X", "POST", "--data", body, "-w", "\n%{http_code}",
                   "https://%s:6443/apis/authentication.k8s.io/v1/selfsubjectreviews" % host["address"]])
-    answer, _, status = result.stdout.rpartition("\n")
+    answer, status = ("\n" + result.stdout).rsplit("\n", 1)
     assert result.returncode == 0 and status in ("201", "401"), (host["name"], result.returncode, result.stdout, result.stderr)
     if status == "401":
         return None
