@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-KUBEADM_PHASES = ("prepare", "promote", "finalize")
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.kubeadm_ca_phases import PHASES as KUBEADM_PHASES
+
 CENSORED = "censored"
 MAX_NAMES = 4
 MAX_MESSAGE = 240
@@ -44,8 +45,7 @@ class RunRecord:
 
 
 def _short(fingerprint: str) -> str:
-    plain = fingerprint.replace(":", "").lower()
-    return plain[:12] if len(plain) > 12 else plain
+    return fingerprint.replace(":", "").lower()[:12]
 
 
 def add_once(items: list, item) -> None:
