@@ -30,8 +30,9 @@ description:
     credential the new CA has not issued yet; O(step=sign), on a control-plane node, signs such CSRs with the staged new
     cluster CA (node identities only, C(system:node:<name>) in C(system:nodes)); O(step=apply) with O(signed) installs
     them.
-  - O(step=receive) writes on another node the staged files O(step=stage) made (O(files), read from the staging node),
-    the keys 0600, in one call; a copy already equal is left alone.
+  - O(step=export) (read-only, the staging node) returns the staged files in RV(files), in one call; register it with
+    C(no_log), it holds the new CA keys. O(step=receive) writes them on another node (O(files)), the keys 0600, in one
+    call; a copy already equal is left alone.
   - O(step=record) records the phase as done on this node in C(<state_dir>/state.json); the next phase refuses to run
     before it. Recording V(promote) or V(finalize) also removes the request keys of O(step=request), whose credentials
     are installed by then. O(step=rollback) restores the files of O(phase) from its backup, removes the files it created and
@@ -62,7 +63,7 @@ options:
     description: Which step to run (see the description).
     type: str
     required: true
-    choices: [stage, receive, request, sign, apply, record, rollback, status, published, cluster_info]
+    choices: [stage, export, receive, request, sign, apply, record, rollback, status, published, cluster_info]
   phase:
     description: The phase to apply, record or roll back.
     type: str
@@ -88,8 +89,8 @@ options:
     required: true
   files:
     description:
-      - O(step=receive) only. The staged files, as the names O(step=stage) returned in RV(staged_files) mapped to their
-        content, base64-encoded (as C(ansible.builtin.slurp) reads it). Never logged.
+      - O(step=receive) only. The staged files, as O(step=export) returned them in RV(files) (the names
+        O(step=stage) returned in RV(staged_files) mapped to their content, base64-encoded). Never logged.
     type: dict
     default: {}
   requests:
@@ -173,6 +174,13 @@ staged_files:
   type: list
   elements: str
   sample: [ca-cross.crt, ca-previous.crt, ca.crt, ca.key, sa-previous.pub, sa.key]
+files:
+  description:
+    - O(step=export) only. The staged files, their names relative to the staging directory (RV(staged_files)) mapped to
+      their content, base64-encoded; what O(step=receive) takes. Holds the new CA keys (C(.key)), so register it with
+      C(no_log) and drop the keys for a node that gets none.
+  returned: when O(step=export)
+  type: dict
 finished:
   description: O(step=stage) only. True when the rotation in O(state_dir) is finished (finalize recorded) and nothing
     was staged; another rotation takes another O(state_dir).
@@ -226,7 +234,7 @@ from ansible_collections.kubepki.certs.plugins.module_utils._pki.diffs import Ch
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.layout import KUBEADM_CA_NAMES, KUBEADM_DISTRIBUTIONS, get_layout
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.module_edge import kubectl_command, require_cryptography, run_engine
 
-STEPS = ("stage", "receive", "request", "sign", "apply", "record", "rollback", "status", "published", "cluster_info")
+STEPS = ("stage", "export", "receive", "request", "sign", "apply", "record", "rollback", "status", "published", "cluster_info")
 
 
 def _stage_dir(params) -> str:
@@ -264,6 +272,11 @@ def _receive(module, _layout):
     if writes and not module.check_mode:
         run_engine(module, stage.apply_stage, _stage_dir(module.params), [("received", "", writes)])
     return bool(writes), {"changes": [{"path": path, "action": "write", "what": "staged"} for path, _data, _mode in writes]}
+
+
+def _export(module, layout):
+    files = run_engine(module, stage.read_staged_files, _stage_dir(module.params), _staged_files(layout, module.params))
+    return False, {"changes": [], "files": {name: base64.b64encode(data).decode("ascii") for name, data in files.items()}}
 
 
 def _staged_files(layout, params) -> list:
@@ -430,8 +443,8 @@ def main():
     )
     require_cryptography(module)
     layout = run_engine(module, get_layout, module.params["distribution"], data_dir=module.params["data_dir"])
-    steps = {"stage": _stage, "receive": _receive, "request": _request, "sign": _sign, "apply": _apply, "record": _record,
-             "rollback": _rollback, "published": _published, "cluster_info": _cluster_info}
+    steps = {"stage": _stage, "export": _export, "receive": _receive, "request": _request, "sign": _sign, "apply": _apply,
+             "record": _record, "rollback": _rollback, "published": _published, "cluster_info": _cluster_info}
     changed, result = False, {"changes": []}
     if module.params["step"] in steps:
         changed, result = steps[module.params["step"]](module, layout)

@@ -187,6 +187,18 @@ def plan_receive(stage_dir: str, files: dict) -> list:
     return writes
 
 
+def read_staged_files(stage_dir: str, names) -> dict:
+    """name (relative to the staging directory) -> content, for the staged files another node gets a copy of; a file
+    missing here is refused (the stage step made them all)."""
+    files = {}
+    for name in names:
+        data = read_if_exists(os.path.join(stage_dir, name))
+        if data is None:
+            raise InvalidInputError("%s is not staged in %s: run the stage step first" % (name, stage_dir), path=name)
+        files[name] = data
+    return files
+
+
 def load_staged(layout, stage_dir: str, names) -> dict:
     """name -> RotatedCA from the staging directory; the key is optional (workers get none)."""
     staged = {}
