@@ -66,7 +66,7 @@ from ansible_collections.kubepki.certs.plugins.module_utils._pki.kubeconfig impo
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.leaf_renewal import (
     b64,
     kubeadm_profile,
-    kubeconfig_credential,
+    kubeconfig_certificate,
     replace_user_data,
 )
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.trees import backup_tree
@@ -116,7 +116,10 @@ def _plan_bundle(ca, phase: str, changes: list) -> None:
 def _plan_ca_key(ca, phase: str, changes: list) -> None:
     if not os.path.exists(ca.live_key):
         return
-    current = load_private_key(read_bytes(ca.live_key, what="CA key"), source=ca.live_key)
+    data = read_bytes(ca.live_key, what="CA key")
+    if phase != PREPARE and ca.new_key is not None and data == serialize_private_key(ca.new_key):
+        return  # the new key in place already (as written here): no need to parse it
+    current = load_private_key(data, source=ca.live_key)
     if phase == PREPARE:
         if not key_matches_certificate(current, ca.old):
             raise InvalidInputError("%s is not the old %s CA's key: this node is past prepare; roll back promote first"
@@ -183,8 +186,9 @@ def _plan_kubeconfig_trust(layout, ca, phase: str, changes: list) -> None:
                                       "certificate-authority-data = %s" % " + ".join("old" if c is ca.old else "new" for c in desired)))
 
 
-def _reissued(certificate, key, ca, path: str, validity_days: int, now):
-    new_key = generate_private_key(key_type_of(key))
+def _reissued(certificate, ca, path: str, validity_days: int, now):
+    # a new key of the type the certificate has (its own key is not parsed: the certificate names the type)
+    new_key = generate_private_key(key_type_of(certificate.public_key()))
     new_certificate = build_leaf_certificate(subject_public_key=new_key.public_key(), issuer_certificate=ca.new,
                                              issuer_key=ca.new_key, validity_days=validity_days, now=now,
                                              **kubeadm_profile(certificate, path))
@@ -221,8 +225,7 @@ def _plan_leaves(layout, ca, phase: str, changes: list, validity_days: int, now)
                                           "served with the cross-signed CA"))
             continue
         _need_issuer_key(ca, cert_path)
-        key = load_private_key(read_bytes(key_path, what="private key"), source=key_path)
-        certificate, new_key = _reissued(chain[0], key, ca, cert_path, validity_days, now)
+        certificate, new_key = _reissued(chain[0], ca, cert_path, validity_days, now)
         changes.append(FileChange(key_path, serialize_private_key(new_key), PRIVATE_FILE_MODE, "a new key"))
         changes.append(FileChange(cert_path, dump_certificates([certificate] + tail), file_mode(cert_path) or PUBLIC_FILE_MODE,
                                   "issued by the new CA" + (", served with the cross-signed CA" if tail else "")))
@@ -238,7 +241,7 @@ def _plan_kubeconfig_credentials(layout, ca, phase: str, changes: list, validity
     for path in _kubeconfig_paths(layout):
         pending = next((c for c in changes if c.path == path), None)
         text = (pending.data if pending is not None else read_bytes(path, what="kubeconfig")).decode("utf-8")
-        certificate, key, file_path = kubeconfig_credential(path, text)
+        certificate, file_path = kubeconfig_certificate(path, text)
         if certificate is None or is_directly_issued_by(certificate, ca.new):
             continue
         if phase == FINALIZE:
@@ -253,7 +256,7 @@ def _plan_kubeconfig_credentials(layout, ca, phase: str, changes: list, validity
                                         "(step request) and have a control-plane node sign it (step sign)" % path, path=path)
             new_certificate, new_key = signed[path]
         else:
-            new_certificate, new_key = _reissued(certificate, key, ca, path, validity_days, now)
+            new_certificate, new_key = _reissued(certificate, ca, path, validity_days, now)
         cert_pem, key_pem = dump_certificates([new_certificate]), serialize_private_key(new_key)
         if file_path is None:
             new_text = replace_user_data(text, "client-certificate-data", b64(cert_pem), path)

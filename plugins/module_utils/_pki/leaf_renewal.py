@@ -114,18 +114,29 @@ def _ca_pair(layout, ca_name: str):
     return certificate, key, key_path
 
 
-def kubeconfig_credential(path: str, text: str) -> tuple:
-    """(certificate, key, file path or None) of a kubeconfig's single user: embedded, or in a PEM file holding both
-    (kubelet-client-current.pem); (None, None, None) for a user without a client certificate."""
+def kubeconfig_certificate(path: str, text: str) -> tuple:
+    """(certificate, file path or None) of a kubeconfig's single user: embedded, or in a PEM file holding both
+    (kubelet-client-current.pem); (None, None) for a user without a client certificate. The key is not parsed (an RSA
+    key's load checks it, which costs more than the rest of a kubeconfig)."""
     user = single_user(text, path)
     if user.get("client-certificate-data"):
-        certificate = load_certificates(decode_embedded(user["client-certificate-data"], source=path), source=path)[0]
-        return certificate, load_private_key(decode_embedded(user["client-key-data"], source=path), source=path), None
+        return load_certificates(decode_embedded(user["client-certificate-data"], source=path), source=path)[0], None
     if user.get("client-certificate"):
         file_path = os.path.realpath(os.path.join(os.path.dirname(path), user["client-certificate"]))
-        pem = read_bytes(file_path, what="client certificate")
-        return load_certificates(pem, source=file_path)[0], load_private_key(pem, source=file_path), file_path
-    return None, None, None
+        return load_certificates(read_bytes(file_path, what="client certificate"), source=file_path)[0], file_path
+    return None, None
+
+
+def kubeconfig_credential(path: str, text: str) -> tuple:
+    """(certificate, key, file path or None) of a kubeconfig's single user, as kubeconfig_certificate finds it;
+    (None, None, None) for a user without a client certificate."""
+    certificate, file_path = kubeconfig_certificate(path, text)
+    if certificate is None:
+        return None, None, None
+    if file_path is None:
+        return certificate, load_private_key(decode_embedded(single_user(text, path)["client-key-data"], source=path),
+                                             source=path), None
+    return certificate, load_private_key(read_bytes(file_path, what="client certificate"), source=file_path), file_path
 
 
 def current_credentials(target: Target):
