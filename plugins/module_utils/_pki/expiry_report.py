@@ -105,11 +105,12 @@ def fleet_sort_key(entry: dict) -> tuple:
     return (rank, left, entry["host"].lower(), path.lower(), entry["host"], path, kubeconfig_entry)
 
 
-def fleet_report(results: dict, *, warn_days: int, fail_days: int) -> dict:
+def fleet_report(results: dict, *, warn_days: int, fail_days: int, clusters: dict | None = None) -> dict:
     """One report from ``{host: cert_check result}``: every entry with a ``host`` field, sorted by
     :func:`fleet_sort_key`, counts per status, and per host its counts, soonest expiry and threshold failures.
 
-    A host whose result holds no entries (it did not run the check) adds nothing.
+    A host whose result holds no entries (it did not run the check) adds nothing. With ``clusters`` (host -> cluster
+    name) every host also names its ``cluster`` ("" for a host not in it).
     """
     rows, hosts = [], {}
     for host, result in results.items():
@@ -118,6 +119,8 @@ def fleet_report(results: dict, *, warn_days: int, fail_days: int) -> dict:
         if summary is not None:
             hosts[host] = {"counts": summary["counts"], "total": summary["total"], "soonest": summary["soonest"],
                            "threshold_failures": result.get("threshold_failures", [])}
+            if clusters is not None:
+                hosts[host]["cluster"] = str(clusters.get(host) or "")
     return {
         "warn_days": warn_days,
         "fail_days": fail_days,
