@@ -6,7 +6,7 @@
 Makes a fleet of k3s-like nodes on disk (server/tls with a CA and the apiserver's serving certificate each, made with
 OpenSSL), reads every node with the cert_check engine as the slices would, splits the results into 10 parts as AWX
 job slicing splits the inventory, then times `ansible-playbook check_expiration_merge.yml -e @parts.json` (JSON,
-Markdown and Prometheus reports written) against `ansible-playbook` of an empty play on localhost: the difference is
+Markdown, Prometheus and HTML reports written by the fleet_expiry_report action) against `ansible-playbook` of an empty play on localhost: the difference is
 what the merge itself costs. Target (issue "Operator experience"): the merge of 10 slices at most 2 s.
 
 Usage (from the repository root, after scripts/bootstrap.sh):
