@@ -15,9 +15,10 @@ CACHE_DIR="${ROOT}/.cache"
 PYTHON="${PYTHON:-python3}"
 
 # etcd-client: etcdctl, the lab probe's etcd client (tests/lab/probe.py) and the interop tests'; golang-go: the Go
-# x509 verifier of the interop tests and the lab probe's Go TLS client (tests/lab/tlsclient, built on first use).
+# x509 verifier of the interop tests and the lab probe's Go TLS client (tests/lab/tlsclient, built on first use);
+# chromium: the headless browser that renders the HTML fleet report in tests/browser (driven over DevTools).
 APT_PACKAGES=(etcd-server etcd-client nginx golang-go shellcheck openssh-server openssl iproute2 curl
-              python3-cryptography python3-yaml python3-pytest)
+              python3-cryptography python3-yaml python3-pytest chromium)
 
 log() { printf 'bootstrap: %s\n' "$*"; }
 

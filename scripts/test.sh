@@ -311,6 +311,13 @@ step_units_debian_crypto() {
     return "${rc}"
 }
 step_pytest_roles() { pytest_suite tests/roles; }
+# The HTML fleet report in headless Chromium (Debian's chromium from bootstrap.sh; a missing browser fails the test).
+# Screenshots stay in the checkout's tests/output/browser (git-ignored).
+step_pytest_browser() {
+    export KUBEPKI_TEST_ARTIFACTS="${ROOT}/tests/output/browser"
+    pytest_suite tests/browser
+    echo "screenshots: ${KUBEPKI_TEST_ARTIFACTS}"
+}
 
 # kubeadm, kube-apiserver, kube-controller-manager, kube-scheduler built from k8s.io/kubernetes and etcd from
 # go.etcd.io/etcd (tests/kube/build.sh; cached per version in the clone's .cache/kube, so only the first run on a
@@ -457,6 +464,7 @@ run_step "ansible-test integration" step_integration 1200
 run_step "pytest tests/interop" step_pytest_interop 1200
 run_step "pytest tests/lab" step_pytest_lab 3600
 run_step "pytest tests/roles" step_pytest_roles 1800
+run_step "pytest tests/browser (Chromium)" step_pytest_browser 600
 run_step "pytest tests/kube (real kubeadm + control plane)" step_pytest_kube 3600
 run_step "ansible-lint" step_ansible_lint 900
 run_step "AWX config + EE" step_awx_ee 600

@@ -14,9 +14,9 @@ description:
   - Builds one report from the M(kubepki.certs.cert_check) result of every host (as P(kubepki.certs.fleet_expiry#filter)
     does) and writes it into O(dest) on the controller as C(fleet-expiry.json), C(fleet-expiry.md),
     C(fleet-expiry.prom) (Prometheus text in x509-certificate-exporter's names, see
-    P(kubepki.certs.x509_textfile#filter)) and C(fleet-expiry.html) (one self-contained page: counts per status, a
+    P(kubepki.certs.x509_textfile#filter)) and C(fleet-expiry.html) (one self-contained page with the counts per status, a
     summary per cluster and CA, a timeline of the expiry dates and a table of every certificate that sorts by a
-    click on a column header; no external asset).
+    click on a column header, and no external asset).
   - An action that runs on the controller only; the task's host and connection are not used.
   - Each file is compared with the one on disk and written only when its content or mode differs, so the task
     reports C(changed) only when the report changed.
@@ -53,7 +53,7 @@ options:
     type: dict
   parts_prefix:
     description:
-      - Instead of O(results), the union of the parts the slices of a sliced run published (AWX job slicing): every
+      - Instead of O(results), the union of the parts the slices of a sliced run published (AWX job slicing). Every
         variable named this prefix followed by an id holds host name -> C(cert_check) result. The parts are read as
         data, not templated.
       - The task fails, naming the prefix, when no such variable exists.
