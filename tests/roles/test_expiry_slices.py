@@ -87,7 +87,7 @@ def run(work, ident, playbook, extravars, inventory_text=None):
 
 def report_files(directory):
     found = {}
-    for file_name in ("fleet-expiry.json", "fleet-expiry.md", "fleet-expiry.prom"):
+    for file_name in ("fleet-expiry.json", "fleet-expiry.md", "fleet-expiry.prom", "fleet-expiry.html"):
         with open(os.path.join(directory, file_name), encoding="utf-8") as handle:
             found[file_name] = handle.read()
     return found
