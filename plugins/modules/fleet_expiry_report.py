@@ -101,7 +101,8 @@ seealso:
     plugin_type: filter
   - plugin: kubepki.certs.x509_textfile
     plugin_type: filter
-  - role: kubepki.certs.check_expiration
+  - ref: ansible_collections.kubepki.certs.docsite.guide_op_expiry_report
+    description: The expiry report operation (the kubepki.certs.check_expiration role).
 """
 
 EXAMPLES = r"""

@@ -79,8 +79,8 @@ class Chromium:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 with open(self.log.name, "rb") as handle:
-                    raise DevToolsError("chromium exited (rc=%s): %s" % (self.process.returncode,
-                                                                       handle.read()[-2000:].decode("utf-8", "replace")))
+                    tail = handle.read()[-2000:].decode("utf-8", "replace")
+                raise DevToolsError("chromium exited (rc=%s): %s" % (self.process.returncode, tail))
             if os.path.exists(marker):
                 with open(marker, encoding="utf-8") as handle:
                     first = handle.readline().strip()

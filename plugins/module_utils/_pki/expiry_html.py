@@ -123,6 +123,12 @@ def cluster_ca_groups(report: dict) -> list:
     return [dict(group, cluster=key[0], issuer=key[1]) for key, group in sorted(groups.items())]
 
 
+def _soonest_text(row: dict | None) -> str:
+    if row is None:
+        return "-"
+    return "%s days (%s, %s)" % (_e(row["days_left"]), _e(row["host"]), _e(row["path"]))
+
+
 def _summary_table(report: dict) -> str:
     head = "".join("<th>%s</th>" % _e(h) for h in ("Cluster", "CA (issuer)", "Hosts", "Certificates")) + "".join(
         '<th class="num">%s</th>' % _badge(status) for status in STATUSES) + "<th>Soonest expiry</th>"
@@ -133,8 +139,7 @@ def _summary_table(report: dict) -> str:
             _e(group["cluster"] or UNNAMED_CLUSTER), _e(group["issuer"] or UNREADABLE_ISSUER), len(group["hosts"]),
             sum(group["counts"].values()),
             "".join('<td class="num">%d</td>' % group["counts"].get(status, 0) for status in STATUSES),
-            "-" if soonest is None else "%s days (%s, %s)" % (_e(soonest["days_left"]), _e(soonest["host"]),
-                                                             _e(soonest["path"]))))
+            _soonest_text(soonest)))
     return '<table id="summary"><thead><tr>%s</tr></thead><tbody>%s</tbody></table>' % (head, "".join(rows))
 
 
