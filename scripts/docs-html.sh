@@ -32,6 +32,7 @@ ANSIBLE_DOCS_LABELS = {  # label: (page, anchor, title)
     "ansible_configuration_settings": ("reference_appendices/config.html", "ansible-configuration-settings",
                                        "Ansible Configuration Settings"),
     "callback_plugins": ("plugins/callback.html", "callback-plugins", "Callback plugins"),
+    "action_plugins": ("plugins/action.html", "action-plugins", "Action plugins"),
 }
 lines = ["%s std:label -1 %s#%s %s" % (label, page, anchor, title)
          for label, (page, anchor, title) in sorted(ANSIBLE_DOCS_LABELS.items())]
