@@ -99,9 +99,9 @@ options:
     default: false
   rkestate:
     description:
-      - Examine an RKE1 C(cluster.rkestate) instead of the node's files (O(distribution=rke1) only): the file
-        C(rke) keeps next to C(cluster.yml) on the workstation it runs on. Run the task there (for example
-        C(delegate_to: localhost) with C(run_once: true)); no node is contacted.
+      - Examine an RKE1 C(cluster.rkestate) instead of the node's files (O(distribution=rke1) only), the file
+        C(rke) keeps next to C(cluster.yml) on the workstation it runs on. Run the task there (delegated to
+        C(localhost), once); no node is contacted.
       - Every certificate of the state's C(currentState) is reported like a file (expiry, status, the state's CA that
         signed it in RV(certificates[].signed_by), whether the state's private key matches), with
         RV(certificates[].path) C(<rkestate>#currentState/<name>); so is every C(desiredState) certificate that
@@ -115,7 +115,7 @@ options:
     version_added: 0.4.0
   rkestate_expected:
     description:
-      - On an RKE1 node (O(distribution=rke1)), the certificates the state file says this node holds:
+      - On an RKE1 node (O(distribution=rke1)), the certificates the state file says this node holds, that is
         C(rkestate.nodes[<address>]) of a O(rkestate) run, the address being the node's C(address) in
         C(cluster.yml). Each C(<tls dir>/<name>.pem) that is absent or holds another certificate is reported in
         RV(stale), naming the node file and what differs.

@@ -306,21 +306,15 @@ def _rke1_layout(data_dir: str | None) -> Layout:
         # "controlplane" (the etcd client pair only with an external etcd), etcd nodes <etcd_prefix>-<host> of every
         # etcd host, and with services.kubelet.generate_serving_certificate every node <kubelet_prefix>-<host> of
         # every host; <host> is the internal address (else the address), "." -> "-", lower case. A name's files
-        # are <name>.pem, <name>-key.pem and kubecfg-<name>.yaml in tls_dir.
+        # are <name>.pem, <name>-key.pem and kubecfg-<name>.yaml in tls_dir; kube-admin stays on the workstation.
         extra={"skip_suffixes": ("-key.pem", "-csr.pem"),
-               "state_file_suffix": ".rkestate",  # cluster.yml -> cluster.rkestate, next to it on the workstation
-               "certificate_names": {
-                   "all_nodes": ("kube-ca", "kube-proxy", "kube-node"),
-                   "controlplane": ("kube-apiserver", "kube-service-account-token", "kube-controller-manager",
-                                    "kube-scheduler", "kube-etcd-client", "kube-etcd-client-ca",
-                                    "kube-apiserver-requestheader-ca", "kube-apiserver-proxy-client"),
-                   "etcd_prefix": "kube-etcd",
-                   "kubelet_prefix": "kube-kubelet",
-                   "ca": "kube-ca",
-                   "ca_key_roles": ("controlplane",),
-                   "workstation_only": ("kube-admin",),
-               },
-               "kubeconfig_prefix": "kubecfg-"},
+               "certificate_names": {"all_nodes": ("kube-ca", "kube-proxy", "kube-node"),
+                                     "controlplane": ("kube-apiserver", "kube-service-account-token",
+                                                      "kube-controller-manager", "kube-scheduler", "kube-etcd-client",
+                                                      "kube-etcd-client-ca", "kube-apiserver-requestheader-ca",
+                                                      "kube-apiserver-proxy-client"),
+                                     "etcd_prefix": "kube-etcd",
+                                     "kubelet_prefix": "kube-kubelet"}},
     )
 
 

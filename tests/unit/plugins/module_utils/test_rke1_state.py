@@ -29,7 +29,6 @@ from ansible_collections.kubepki.certs.plugins.module_utils._pki.rke1_check impo
 )
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.rke1_state import (
     StateNode,
-    parse_rkestate,
     read_rkestate,
 )
 
