@@ -52,10 +52,11 @@ def build_generator() -> str:
     return result.stdout.strip().splitlines()[-1]
 
 
-def run_generator(generator: str, *args) -> None:
+def run_generator(generator: str, *args, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run([generator, *args], capture_output=True, text=True, check=False)
-    if result.returncode != 0:
+    if check and result.returncode != 0:
         raise FixtureError("%s %s failed:\n%s" % (generator, " ".join(args), result.stderr[-3000:]))
+    return result
 
 
 class Cluster:
@@ -92,13 +93,40 @@ def new_cluster(generator: str, directory: str, *, kubelet_serving: bool = True)
     return cluster
 
 
-def rotated_copy(generator: str, cluster: Cluster, directory: str, *args) -> Cluster:
-    """`rke cert rotate <args>` on a copy of cluster.yml + cluster.rkestate; the nodes it deploys to are new
-    directories, so ``cluster``'s node files stay as they were (the nodes before the rotation)."""
+def copy_cluster(cluster: Cluster, directory: str) -> Cluster:
+    """cluster.yml and cluster.rkestate copied to ``directory`` (no node files)."""
     os.makedirs(directory)
     copy = Cluster(directory)
     shutil.copy2(cluster.config, copy.config)
     shutil.copy2(cluster.state, copy.state)
+    return copy
+
+
+def expired_ca(directory: str, common_name: str) -> tuple:
+    """(certificate PEM, key PEM) of a CA valid from 2014 to 2024, made by ``openssl ca -selfsign``."""
+    os.makedirs(os.path.join(directory, "newcerts"), exist_ok=True)
+    open(os.path.join(directory, "index.txt"), "w").close()
+    config = os.path.join(directory, "openssl.cnf")
+    with open(config, "w") as handle:
+        handle.write("[ca]\ndefault_ca = expired\n[expired]\ndir = %s\ndatabase = $dir/index.txt\n"
+                     "new_certs_dir = $dir/newcerts\nserial = $dir/serial\ndefault_md = sha256\n"
+                     "policy = anything\nunique_subject = no\n[anything]\ncommonName = supplied\n"
+                     "[ca_ext]\nbasicConstraints = critical,CA:TRUE\nkeyUsage = critical,keyCertSign,cRLSign,"
+                     "digitalSignature,keyEncipherment\nsubjectKeyIdentifier = hash\n" % directory)
+    with open(os.path.join(directory, "serial"), "w") as handle:
+        handle.write("01\n")
+    key, csr, cert = (os.path.join(directory, name) for name in ("ca-key.pem", "ca.csr", "ca.pem"))
+    openssl("req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=" + common_name)
+    openssl("ca", "-batch", "-config", config, "-selfsign", "-keyfile", key, "-in", csr, "-out", cert, "-notext",
+            "-startdate", "20140101000000Z", "-enddate", "20240101000000Z", "-extensions", "ca_ext")
+    with open(cert) as cert_handle, open(key) as key_handle:
+        return cert_handle.read(), key_handle.read()
+
+
+def rotated_copy(generator: str, cluster: Cluster, directory: str, *args) -> Cluster:
+    """`rke cert rotate <args>` on a copy of cluster.yml + cluster.rkestate; the nodes it deploys to are new
+    directories, so ``cluster``'s node files stay as they were (the nodes before the rotation)."""
+    copy = copy_cluster(cluster, directory)
     run_generator(generator, "rotate", "-config", copy.config, "-nodes", copy.nodes, *args)
     return copy
 

@@ -26,10 +26,13 @@ from ansible_collections.kubepki.certs.plugins.module_utils._pki.rke1_check impo
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.rke1_state import read_rkestate
 from rke1_fixtures import (
     ADDRESSES,
+    copy_cluster,
+    expired_ca,
     openssl_fingerprint,
     openssl_public_keys_equal,
     openssl_serial,
     openssl_verifies,
+    run_generator,
     run_module,
     write_pem,
 )
@@ -160,6 +163,30 @@ def test_certificates_regenerated_by_rke_up_and_not_deployed_are_pending(cluster
     state = read_rkestate(path)
     assert pending_names(state) == ["kube-proxy"]
     assert sorted(_entries(check_rkestate(state), "desiredState")) == ["kube-proxy"]
+
+
+def test_an_expired_ca_is_reported_and_rke_refuses_a_plain_rotation(generator, cluster, tmp_path):
+    """kube-ca replaced by a CA that expired in 2024 (made by openssl): openssl rejects it, the report says EXPIRED,
+    and rke's own rotation refuses to run without --rotate-ca, with its message (rke#1974); --rotate-ca goes on."""
+    copy = copy_cluster(cluster, str(tmp_path / "expired"))
+    ca_pem, key_pem = expired_ca(str(tmp_path / "ca"), "kube-ca")
+    document = copy.document()
+    for section in ("currentState", "desiredState"):
+        document[section]["certificatesBundle"]["kube-ca"].update(certificatePEM=ca_pem, keyPEM=key_pem)
+    with open(copy.state, "w") as handle:
+        json.dump(document, handle)
+    ca_file = write_pem(str(tmp_path), "expired-ca.pem", ca_pem)
+    assert not openssl_verifies(ca_file, ca_file)
+    entries = _entries(check_rkestate(read_rkestate(copy.state)))
+    assert entries["kube-ca"]["status"] == "EXPIRED" and entries["kube-ca"]["key_matches"] is True
+    assert entries["kube-apiserver"]["signed_by"] is None  # issued by the CA that was replaced
+    refused = run_generator(generator, "rotate", "-config", copy.config, "-nodes", copy.nodes, check=False)
+    assert refused.returncode != 0
+    assert "CA certificate is invalid, please use the --rotate-ca flag" in refused.stderr
+    run_generator(generator, "rotate", "-config", copy.config, "-nodes", copy.nodes, "-rotate-ca")
+    rotated = _entries(check_rkestate(read_rkestate(copy.state)))
+    assert rotated["kube-ca"]["status"] == "OK"
+    assert rotated["kube-apiserver"]["signed_by"].endswith("#currentState/kube-ca")
 
 
 def test_cert_check_reads_the_state_file_and_compares_a_node(cluster, apiserver_rotated, tmp_path):
