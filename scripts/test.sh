@@ -329,6 +329,16 @@ step_pytest_kube() {
     pytest_suite tests/kube
 }
 
+# RKE1 fixtures written by rke's own Go packages (github.com/rancher/rke, pinned in tests/rke1/gen/go.mod; built by
+# tests/rke1/build.sh, cached in the clone's .cache/rke1/<rke version>), then cert_check's RKE1 tests judged by
+# openssl on them.
+step_pytest_rke1() {
+    need_stage
+    export KUBEPKI_RKE1_CACHE="${ROOT}/.cache/rke1"
+    bash "${COLL}/tests/rke1/build.sh"
+    pytest_suite tests/rke1
+}
+
 step_ansible_lint() {
     need_stage
     # --offline keeps ansible-lint from installing anything; the staged tree makes the collection's
@@ -466,6 +476,7 @@ run_step "pytest tests/lab" step_pytest_lab 3600
 run_step "pytest tests/roles" step_pytest_roles 1800
 run_step "pytest tests/browser (Chromium)" step_pytest_browser 600
 run_step "pytest tests/kube (real kubeadm + control plane)" step_pytest_kube 3600
+run_step "pytest tests/rke1 (rke's own Go code)" step_pytest_rke1 1800
 run_step "ansible-lint" step_ansible_lint 900
 run_step "AWX config + EE" step_awx_ee 600
 run_step "antsibull-changelog lint" step_changelog_lint 300

@@ -97,6 +97,37 @@ options:
         replaced. The message names every such file.
     type: bool
     default: false
+  rkestate:
+    description:
+      - Examine an RKE1 C(cluster.rkestate) instead of the node's files (O(distribution=rke1) only), the file
+        C(rke) keeps next to C(cluster.yml) on the workstation it runs on. Run the task there (delegated to
+        C(localhost), once); no node is contacted.
+      - Every certificate of the state's C(currentState) is reported like a file (expiry, status, the state's CA that
+        signed it in RV(certificates[].signed_by), whether the state's private key matches), with
+        RV(certificates[].path) C(<rkestate>#currentState/<name>); so is every C(desiredState) certificate that
+        differs from C(currentState) (written by C(rke cert rotate) but not deployed yet), as
+        C(<rkestate>#desiredState/<name>).
+      - RV(rkestate) adds the pending names and, per node of the state, the certificates rke deploys to it, to pass
+        to O(rkestate_expected) on each node.
+      - A missing, unreadable or unparsable state file fails the task, naming the file and what to do.
+      - O(data_dir), O(paths), O(only_paths), O(kubeadm_output) and O(rkestate_expected) do not apply.
+    type: path
+    version_added: 0.4.0
+  rkestate_expected:
+    description:
+      - On an RKE1 node (O(distribution=rke1)), the certificates the state file says this node holds, that is
+        C(rkestate.nodes[<address>]) of a O(rkestate) run, the address being the node's C(address) in
+        C(cluster.yml). Each C(<tls dir>/<name>.pem) that is absent or holds another certificate is reported in
+        RV(stale), naming the node file and what differs.
+      - The node's files are examined as without this option.
+    type: dict
+    version_added: 0.4.0
+  fail_on_stale:
+    description:
+      - Fail the task when RV(stale) is not empty. The message names every stale file.
+    type: bool
+    default: false
+    version_added: 0.4.0
 notes:
   - Run it with privileges that can read the certificate and key files (C(become=true)); an unreadable file is
     reported as C(INVALID), an unreadable key as RV(certificates[].key_matches=null) with a note.
@@ -138,6 +169,21 @@ EXAMPLES = r"""
     paths:
       - /var/lib/kubelet/pki
     warn_days: 120
+  become: true
+
+- name: RKE1, on the rke workstation - every certificate of cluster.rkestate, no SSH needed
+  kubepki.certs.cert_check:
+    distribution: rke1
+    rkestate: /home/ops/cluster/cluster.rkestate
+  delegate_to: localhost
+  run_once: true
+  register: rke_state
+
+- name: RKE1, on every node - its /etc/kubernetes/ssl files compared with the state file
+  kubepki.certs.cert_check:
+    distribution: rke1
+    rkestate_expected: "{{ rke_state.rkestate.nodes[ansible_host] }}"
+    fail_on_stale: true
   become: true
 
 - name: Check only a staging directory
@@ -316,6 +362,42 @@ kubeadm_expiration_info:
                              "externallyManaged": false, "caName": ca, "missing": false}],
            "certificateAuthorities": [{"name": ca, "expirationDate": "2036-12-01T15:48:45Z",
                                        "residualTime": 315359988, "externallyManaged": false, "missing": false}]}
+rkestate:
+  description:
+    - With O(rkestate), what the state file says beyond the certificates' report.
+  returned: when O(rkestate) is set
+  type: dict
+  version_added: 0.4.0
+  contains:
+    path:
+      description: The state file.
+      type: str
+    current:
+      description: Names in C(currentState.certificatesBundle) (what the last C(rke up) deployed).
+      type: list
+      elements: str
+    pending:
+      description: Names whose C(desiredState) certificate differs from C(currentState) (a rotation written to the
+        state file and not deployed, for example an interrupted C(rke cert rotate)).
+      type: list
+      elements: str
+    nodes:
+      description:
+        - Per node C(address) of the state's C(rkeConfig), the certificates rke deploys to it (by its roles), each
+          with C(sha256) (fingerprint), C(serial), C(not_after) and C(state_entry); pass one node's part to
+          O(rkestate_expected). Public data only.
+      type: dict
+      sample: {"10.0.0.1": {"kube-ca": {"sha256": "AB:CD:...", "serial": "3A5F0C", "not_after": "2036-12-01T15:48:45Z",
+                                       "state_entry": "currentState/kube-ca"}}}
+stale:
+  description:
+    - With O(rkestate_expected), the node files that disagree with the state file; empty otherwise.
+    - Each has C(name), C(path) (the node file), C(problem) (C(missing), C(differs) or C(unreadable)) and C(reason)
+      (both certificates' serial and expiry, and what to do).
+  returned: always
+  type: list
+  elements: dict
+  version_added: 0.4.0
 scanned_dirs:
   description: The directories that were examined.
   returned: always
@@ -335,8 +417,30 @@ from ansible_collections.kubepki.certs.plugins.module_utils._pki.expiry_report i
     unchained_leaves,
 )
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.kubeadm_expiry import kubeadm_expiration_info
-from ansible_collections.kubepki.certs.plugins.module_utils._pki.layout import DISTRIBUTIONS, KUBEADM_DISTRIBUTIONS, get_layout
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.layout import (
+    DISTRIBUTIONS,
+    KUBEADM_DISTRIBUTIONS,
+    RKE1_STATE_DISTRIBUTIONS,
+    get_layout,
+)
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.module_edge import require_cryptography, run_engine
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.rke1_check import (
+    check_rkestate,
+    compare_node_files,
+    node_expectations,
+    pending_names,
+)
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.rke1_state import read_rkestate
+
+
+def _state_report(module, layout, params: dict, now) -> dict:
+    """The report of a cluster.rkestate (on the rke workstation)."""
+    state = run_engine(module, read_rkestate, params["rkestate"])
+    report = run_engine(module, check_rkestate, state, warn_days=params["warn_days"], now=now)
+    names = layout.extra["certificate_names"]
+    return dict(report, kubeconfigs=[], scanned_dirs=[],
+                rkestate={"path": state.path, "current": sorted(state.current), "pending": pending_names(state),
+                          "nodes": node_expectations(state, names)})
 
 
 def main():
@@ -351,7 +455,11 @@ def main():
             fail_on_threshold=dict(type="bool", default=False),
             fail_on_unchained=dict(type="bool", default=False),
             kubeadm_output=dict(type="bool", default=False),
+            rkestate=dict(type="path"),
+            rkestate_expected=dict(type="dict"),
+            fail_on_stale=dict(type="bool", default=False),
         ),
+        mutually_exclusive=[("rkestate", "rkestate_expected"), ("rkestate", "paths"), ("rkestate", "data_dir")],
         supports_check_mode=True,
     )
     require_cryptography(module)
@@ -360,10 +468,21 @@ def main():
         module.fail_json(msg="only_paths=true needs at least one entry in paths")
     if params["kubeadm_output"] and params["distribution"] not in KUBEADM_DISTRIBUTIONS:
         module.fail_json(msg="kubeadm_output=true needs distribution=%s" % "|".join(KUBEADM_DISTRIBUTIONS))
+    rke1_options = [name for name in ("rkestate", "rkestate_expected") if params[name] is not None]
+    if rke1_options and params["distribution"] not in RKE1_STATE_DISTRIBUTIONS:
+        module.fail_json(msg="%s needs distribution=%s" % (" and ".join(rke1_options),
+                                                           "|".join(RKE1_STATE_DISTRIBUTIONS)))
     layout = run_engine(module, get_layout, params["distribution"], data_dir=params["data_dir"])
     now = datetime.datetime.now(datetime.timezone.utc)
-    report = run_engine(module, check_expiration, layout, paths=params["paths"], only_paths=params["only_paths"],
-                        warn_days=params["warn_days"], now=now)
+    if params["rkestate"] is not None:
+        report = _state_report(module, layout, params, now)
+    else:
+        report = run_engine(module, check_expiration, layout, paths=params["paths"], only_paths=params["only_paths"],
+                            warn_days=params["warn_days"], now=now)
+    stale = []
+    if params["rkestate_expected"] is not None:
+        stale = run_engine(module, compare_node_files, layout.tls_path, params["rkestate_expected"])
+    report["stale"] = stale
     failing = threshold_failures(report["certificates"], fail_days=params["fail_days"])
     unchained = [entry_label(entry) for entry in unchained_leaves(report["certificates"])]
     result = dict(report, threshold_failures=[entry_label(entry) for entry in failing], unchained=unchained)
@@ -371,6 +490,9 @@ def main():
         result["kubeadm_expiration_info"] = kubeadm_expiration_info(layout, report["certificates"], now=now)
     if params["fail_on_threshold"] and failing:
         module.fail_json(msg=describe_failures(failing, fail_days=params["fail_days"]), **result)
+    if params["fail_on_stale"] and stale:
+        module.fail_json(msg="node files that disagree with cluster.rkestate: %s"
+                         % "; ".join(record["reason"] for record in stale), **result)
     if params["fail_on_unchained"] and unchained:
         module.fail_json(msg="leaf certificates issued by no CA on this node: %s" % ", ".join(unchained), **result)
     module.exit_json(changed=False, **result)

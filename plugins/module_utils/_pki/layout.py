@@ -26,6 +26,7 @@ ROTATE_CA_DISTRIBUTIONS = RANCHER_DISTRIBUTIONS          # `<program> certificat
 JOIN_TOKEN_DISTRIBUTIONS = RANCHER_DISTRIBUTIONS         # K10 secure tokens carrying a CA hash: join_token
 HEALTH_GATE_DISTRIBUTIONS = ("k3s", "rke2", "kubeadm")   # an admin kubectl on every server: health_gate
 KUBEADM_DISTRIBUTIONS = ("kubeadm",)                     # kubeadm's own names: cert_check kubeadm_output, leaf_renew
+RKE1_STATE_DISTRIBUTIONS = ("rke1",)                     # cluster.rkestate: cert_check rkestate, rkestate_expected
 
 
 @dataclass(frozen=True)
@@ -298,8 +299,22 @@ def _rke1_layout(data_dir: str | None) -> Layout:
         key_suffix_rules=((".pem", "-key.pem"),),
         server_unit="kubelet", agent_unit="kubelet", supervisor_port=6443,
         token_file=None, agent_token_file=None, config_files=(), env_files=(), unit_files=(),
-        token_env_vars=(), force_restart_file=None, kubectl=("kubectl",), extra={"skip_suffixes": ("-key.pem", "-csr.pem")},
+        token_env_vars=(), force_restart_file=None, kubectl=("kubectl",),
         api_ca="kube-ca",
+        # rke's certificate names (rke pki/constants.go) and which of them it deploys to a node (pki/util.go
+        # getCertKeys): every node gets "all_nodes" (the CA key only on control-plane nodes), control-plane nodes
+        # "controlplane" (the etcd client pair only with an external etcd), etcd nodes <etcd_prefix>-<host> of every
+        # etcd host, and with services.kubelet.generate_serving_certificate every node <kubelet_prefix>-<host> of
+        # every host; <host> is the internal address (else the address), "." -> "-", lower case. A name's files
+        # are <name>.pem, <name>-key.pem and kubecfg-<name>.yaml in tls_dir; kube-admin stays on the workstation.
+        extra={"skip_suffixes": ("-key.pem", "-csr.pem"),
+               "certificate_names": {"all_nodes": ("kube-ca", "kube-proxy", "kube-node"),
+                                     "controlplane": ("kube-apiserver", "kube-service-account-token",
+                                                      "kube-controller-manager", "kube-scheduler", "kube-etcd-client",
+                                                      "kube-etcd-client-ca", "kube-apiserver-requestheader-ca",
+                                                      "kube-apiserver-proxy-client"),
+                                     "etcd_prefix": "kube-etcd",
+                                     "kubelet_prefix": "kube-kubelet"}},
     )
 
 
