@@ -148,8 +148,8 @@ def print_result(result: dict, servers: int, agents: int, distribution: str) -> 
     spans = task_spans(records)
     print("lab %d servers + %d agents (%s): up %.1f s, bootstrap %.1f s (not timed)"
           % (servers, agents, distribution, result["up"], result["bootstrap"]))
-    print("load average 1/5/15 min before %s, after %s" % ("/".join("%.2f" % v for v in result["load"][0]),
-                                                         "/".join("%.2f" % v for v in result["load"][1])))
+    before, after = ("/".join("%.2f" % value for value in load) for load in result["load"])
+    print("load average 1/5/15 min before %s, after %s" % (before, after))
     print("report files: %s; %d entries, %s" % (", ".join(result["outputs"]["files"]), result["outputs"]["entries"],
                                                 json.dumps(result["outputs"]["counts"], sort_keys=True)))
     print()
@@ -191,8 +191,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="kubepki-bench-") as workdir:
         if not env.get("ANSIBLE_COLLECTIONS_PATH"):
             env["ANSIBLE_COLLECTIONS_PATH"] = collection_tree(workdir, "current", ROOT)
-        print("measuring check-expiration.yml: %d servers + %d agents (%s) ..." % (args.servers, args.agents,
-                                                                                  args.distribution), flush=True)
+        print("measuring check-expiration.yml: %d servers + %d agents (%s) ..."
+              % (args.servers, args.agents, args.distribution), flush=True)
         result = measure(args.servers, args.agents, args.distribution, workdir, env)
     print()
     print_result(result, args.servers, args.agents, args.distribution)
