@@ -62,7 +62,7 @@ def short_action(action: str) -> str:
 
 
 def phase_of(record: dict) -> str:
-    if record["delegated"]:
+    if record["delegated"] or record.get("delegate_to"):
         return "controller report"
     action = short_action(record["action"])
     if action == VALIDATE_ACTION:
