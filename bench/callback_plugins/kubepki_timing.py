@@ -42,7 +42,9 @@ class CallbackModule(CallbackBase):
         start = self._started.pop((host, task._uuid), None)
         line = {"host": host, "task": task.get_name(), "action": task.action, "status": status,
                 "start": start, "end": time.time(),
-                "delegated": bool(result._result.get("_ansible_delegated_vars"))}
+                "delegated": bool(result._result.get("_ansible_delegated_vars")),
+                # the task's own delegate_to: a skipped result carries no delegated vars
+                "delegate_to": bool(task.delegate_to)}
         leaves = result._result.get("leaves")
         if isinstance(leaves, dict) and isinstance(leaves.get("elapsed"), (int, float)):
             # restart_node: its closing leaf check counts as overhead, not as waiting (bench_rotate_ca.py)

@@ -56,7 +56,7 @@ class ActionModule(ActionBase):
             return result
         directory = os.path.abspath(os.path.expanduser(args["dest"]))
         rendered = render_files(report, host_count=len(results), now=datetime.datetime.now(datetime.timezone.utc),
-                                formats=args["formats"])
+                                formats=args["formats"], results=results)
         try:
             plan = plan_files(directory, rendered)
             changed = directory_changes(directory) or any(item["changed"] for item in plan)

@@ -90,6 +90,22 @@ options:
     type: bool
     default: false
     version_added: 0.3.0
+  textfile:
+    description:
+      - Also write the node's Prometheus textfile for node_exporter's textfile collector at this path, in the same
+        call, with the text P(kubepki.certs.x509_textfile#filter) makes of this report (x509-certificate-exporter's metric
+        and label names, every certificate of a bundle with its position), counted at the moment of the check.
+      - Written to a temporary file in the same directory and renamed (mode 0644), only when its content changes,
+        before any O(fail_on_threshold) or O(fail_on_unchained) failure; not in check mode. The directory must exist.
+    type: path
+    version_added: 0.5.0
+  kubeadm_json:
+    description:
+      - Also write RV(kubeadm_expiration_info) at this path as C(kubeadm certs check-expiration -o json) prints it
+        (4-space indent, kubeadm's field order, a final newline). Implies O(kubeadm_output=true); O(distribution=kubeadm)
+        only. Written the same way as O(textfile).
+    type: path
+    version_added: 0.5.0
   fail_on_unchained:
     description:
       - Fail the task when a leaf certificate (not a CA, not self-signed) was issued by none of the CAs examined on
@@ -129,6 +145,7 @@ options:
     default: false
     version_added: 0.4.0
 notes:
+  - Writes nothing unless O(textfile) or O(kubeadm_json) is set; then C(changed) says whether one of them changed.
   - Run it with privileges that can read the certificate and key files (C(become=true)); an unreadable file is
     reported as C(INVALID), an unreadable key as RV(certificates[].key_matches=null) with a note.
   - The C(kubepki.certs.check_expiration) role runs this module on every node and writes a fleet report on the
@@ -354,7 +371,7 @@ kubeadm_expiration_info:
     - Each item has C(name), C(expirationDate) (RFC 3339, UTC, null when missing), C(residualTime) (seconds),
       C(externallyManaged) (its CA's certificate is there without its key), C(caName) (leaves) and C(missing)
       (absent or unreadable).
-  returned: when O(kubeadm_output=true)
+  returned: when O(kubeadm_output=true) or O(kubeadm_json) is set
   type: dict
   version_added: 0.3.0
   sample: {"kind": CertificateExpirationInfo, "apiVersion": output.kubeadm.k8s.io/v1alpha3,
@@ -398,6 +415,14 @@ stale:
   type: list
   elements: dict
   version_added: 0.4.0
+written:
+  description: The files of O(textfile) and O(kubeadm_json) that were written (would be, in check mode) because their
+    content changed.
+  returned: always
+  type: list
+  elements: str
+  version_added: 0.5.0
+  sample: [/var/lib/node_exporter/textfile_collector/kubepki_certs.prom]
 scanned_dirs:
   description: The directories that were examined.
   returned: always
@@ -406,6 +431,7 @@ scanned_dirs:
 """
 
 import datetime
+import json
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -416,6 +442,8 @@ from ansible_collections.kubepki.certs.plugins.module_utils._pki.expiry_report i
     threshold_failures,
     unchained_leaves,
 )
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.expiry_metrics import textfile
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.files import PUBLIC_FILE_MODE, write_if_changed
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.kubeadm_expiry import kubeadm_expiration_info
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.layout import (
     DISTRIBUTIONS,
@@ -458,6 +486,8 @@ def main():
             rkestate=dict(type="path"),
             rkestate_expected=dict(type="dict"),
             fail_on_stale=dict(type="bool", default=False),
+            textfile=dict(type="path"),
+            kubeadm_json=dict(type="path"),
         ),
         mutually_exclusive=[("rkestate", "rkestate_expected"), ("rkestate", "paths"), ("rkestate", "data_dir")],
         supports_check_mode=True,
@@ -466,8 +496,9 @@ def main():
     params = module.params
     if params["only_paths"] and not params["paths"]:
         module.fail_json(msg="only_paths=true needs at least one entry in paths")
-    if params["kubeadm_output"] and params["distribution"] not in KUBEADM_DISTRIBUTIONS:
-        module.fail_json(msg="kubeadm_output=true needs distribution=%s" % "|".join(KUBEADM_DISTRIBUTIONS))
+    kubeadm_output = params["kubeadm_output"] or bool(params["kubeadm_json"])
+    if kubeadm_output and params["distribution"] not in KUBEADM_DISTRIBUTIONS:
+        module.fail_json(msg="kubeadm_output=true and kubeadm_json need distribution=%s" % "|".join(KUBEADM_DISTRIBUTIONS))
     rke1_options = [name for name in ("rkestate", "rkestate_expected") if params[name] is not None]
     if rke1_options and params["distribution"] not in RKE1_STATE_DISTRIBUTIONS:
         module.fail_json(msg="%s needs distribution=%s" % (" and ".join(rke1_options),
@@ -486,16 +517,26 @@ def main():
     failing = threshold_failures(report["certificates"], fail_days=params["fail_days"])
     unchained = [entry_label(entry) for entry in unchained_leaves(report["certificates"])]
     result = dict(report, threshold_failures=[entry_label(entry) for entry in failing], unchained=unchained)
-    if params["kubeadm_output"]:
+    if kubeadm_output:
         result["kubeadm_expiration_info"] = kubeadm_expiration_info(layout, report["certificates"], now=now)
+    # The node's own files, before any failure below: a failing node still publishes what it found
+    files = []
+    if params["textfile"]:
+        files.append((params["textfile"], textfile(report["certificates"], now=now)))
+    if params["kubeadm_json"]:
+        files.append((params["kubeadm_json"], json.dumps(result["kubeadm_expiration_info"], indent=4) + "\n"))
+    result["written"] = [path for path, text in files
+                         if run_engine(module, write_if_changed, path, text.encode("utf-8"), mode=PUBLIC_FILE_MODE,
+                                       check_mode=module.check_mode)]
     if params["fail_on_threshold"] and failing:
-        module.fail_json(msg=describe_failures(failing, fail_days=params["fail_days"]), **result)
+        module.fail_json(msg=describe_failures(failing, fail_days=params["fail_days"]), changed=bool(result["written"]), **result)
     if params["fail_on_stale"] and stale:
         module.fail_json(msg="node files that disagree with cluster.rkestate: %s"
-                         % "; ".join(record["reason"] for record in stale), **result)
+                         % "; ".join(record["reason"] for record in stale), changed=bool(result["written"]), **result)
     if params["fail_on_unchained"] and unchained:
-        module.fail_json(msg="leaf certificates issued by no CA on this node: %s" % ", ".join(unchained), **result)
-    module.exit_json(changed=False, **result)
+        module.fail_json(msg="leaf certificates issued by no CA on this node: %s" % ", ".join(unchained),
+                         changed=bool(result["written"]), **result)
+    module.exit_json(changed=bool(result["written"]), **result)
 
 
 if __name__ == "__main__":

@@ -90,10 +90,15 @@ options:
       - Omitted, nothing is written and the task only returns the report.
     type: path
   formats:
-    description: Which files to write.
+    description:
+      - Which files to write, C(fleet-expiry.<format>) each.
+      - V(kubeadm-json) writes C(kubeadm/<host>.json) for every host whose result carries
+        RV(kubepki.certs.cert_check#module:kubeadm_expiration_info), that is kubeadm nodes checked with
+        O(kubepki.certs.cert_check#module:kubeadm_output=true). Each file is kubeadm's C(CertificateExpirationInfo) as
+        C(kubeadm certs check-expiration -o json) prints it.
     type: list
     elements: str
-    choices: [json, md, prom, html]
+    choices: [json, md, prom, html, kubeadm-json]
     default: [json, md, prom, html]
 seealso:
   - module: kubepki.certs.cert_check

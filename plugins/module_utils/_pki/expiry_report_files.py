@@ -34,7 +34,9 @@ from ansible_collections.kubepki.certs.plugins.module_utils._pki.files import (
 
 REPORT_DIR_MODE = 0o755
 BASE_NAME = "fleet-expiry"
-FORMATS = ("json", "md", "prom", "html")
+FORMATS = ("json", "md", "prom", "html", "kubeadm-json")
+DEFAULT_FORMATS = ("json", "md", "prom", "html")
+KUBEADM_DIR = "kubeadm"  # kubeadm/<host>.json: kubeadm's CertificateExpirationInfo of each kubeadm node
 # Larger files are named in the diff, not shown (Ansible's default MAX_FILE_SIZE_FOR_DIFF).
 MAX_DIFF_BYTES = 104448
 
@@ -47,7 +49,7 @@ ARGUMENT_SPEC = {
     "return_report": {"type": "bool", "default": False},
     "cluster_var": {"type": "str", "default": "kubepki_cluster_name"},
     "dest": {"type": "path"},
-    "formats": {"type": "list", "elements": "str", "choices": list(FORMATS), "default": list(FORMATS)},
+    "formats": {"type": "list", "elements": "str", "choices": list(FORMATS), "default": list(DEFAULT_FORMATS)},
 }
 ARGUMENT_RULES = {"required_one_of": [("results", "parts_prefix")], "mutually_exclusive": [("results", "parts_prefix")]}
 
@@ -89,15 +91,26 @@ def render_markdown(report: dict, *, host_count: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_files(report: dict, *, host_count: int, now: datetime.datetime, formats=FORMATS) -> dict:
-    """File name -> text of every requested format."""
+def render_kubeadm(results: dict) -> dict:
+    """kubeadm/<host>.json -> the host's CertificateExpirationInfo as ``kubeadm certs check-expiration -o json`` prints
+    it (4-space indent, kubeadm's field order), for every host whose cert_check result carries one (kubeadm nodes)."""
+    return {"%s/%s.json" % (KUBEADM_DIR, host.replace(os.sep, "_")): json.dumps(result["kubeadm_expiration_info"], indent=4) + "\n"
+            for host, result in sorted(results.items()) if result.get("kubeadm_expiration_info")}
+
+
+def render_files(report: dict, *, host_count: int, now: datetime.datetime, formats=FORMATS, results=None) -> dict:
+    """File name (relative to the report directory) -> text of every requested format; ``results`` (host ->
+    cert_check result) for the kubeadm-json format."""
     renderers = {
         "json": lambda: render_json(report),
         "md": lambda: render_markdown(report, host_count=host_count),
         "prom": lambda: textfile(report["certificates"], now=now),
         "html": lambda: render_html(report, host_count=host_count),
     }
-    return {"%s.%s" % (BASE_NAME, fmt): renderers[fmt]() for fmt in FORMATS if fmt in formats}
+    rendered = {"%s.%s" % (BASE_NAME, fmt): renderers[fmt]() for fmt in FORMATS if fmt in formats and fmt in renderers}
+    if "kubeadm-json" in formats:
+        rendered.update(render_kubeadm(results or {}))
+    return rendered
 
 
 def _diff_text(data: bytes | None, label: str) -> str:
@@ -135,6 +148,7 @@ def write_files(directory: str, plan: list) -> None:
         os.chmod(directory, REPORT_DIR_MODE)
     for item in plan:
         if item["changed"]:
+            ensure_dir(os.path.dirname(item["path"]), mode=REPORT_DIR_MODE)
             atomic_write(item["path"], item["data"], mode=PUBLIC_FILE_MODE)
 
 

@@ -53,10 +53,12 @@ def _item(name: str, entry: dict | None, *, now: datetime.datetime, external: bo
     if entry is None or entry["status"] in (STATUS_MISSING, STATUS_INVALID) or not entry.get("not_after"):
         # kubeadm: "the certificate does not exist (for any reason)": name and missing only
         return {"name": name, "expirationDate": None, "residualTime": 0, "externallyManaged": False, "missing": True}
+    # kubeadm's field order (caName, omitted when empty, before missing), so the object serialises as kubeadm prints it
     item = {"name": name, "expirationDate": entry["not_after"], "residualTime": _residual_seconds(entry["not_after"], now),
-            "externallyManaged": external, "missing": False}
+            "externallyManaged": external}
     if ca_name:
         item["caName"] = ca_name
+    item["missing"] = False
     return item
 
 
