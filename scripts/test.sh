@@ -331,7 +331,8 @@ step_pytest_kube() {
 
 # RKE1 fixtures written by rke's own Go packages (github.com/rancher/rke, pinned in tests/rke1/gen/go.mod; built by
 # tests/rke1/build.sh, cached in the clone's .cache/rke1/<rke version>), then cert_check's RKE1 tests judged by
-# openssl on them.
+# openssl on them, and the rke CLI double (tests/rke1/rke_double.py) driving `rke up` / `rke cert rotate` against a
+# three-host lab of tests/lab/kubepki_lab.py (root, openssh-server, openssl: scripts/bootstrap.sh installs them).
 step_pytest_rke1() {
     need_stage
     export KUBEPKI_RKE1_CACHE="${ROOT}/.cache/rke1"
