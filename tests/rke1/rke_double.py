@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright (c) kubepki.certs contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
@@ -16,6 +15,7 @@ cluster.yml (address, port, user, ssh_key_path; rke ignores host keys, so does t
   the same order. Each one is a line ``<sequence> <plane> <action> <container>`` appended to RESTART_LOG on the node;
   the sequence numbers run across all nodes of one invocation, so a test merges the logs to see the global order.
 
+Run it as ``python3 tests/rke1/rke_double.py <rke arguments>`` (no shebang: ansible-test's sanity rules for tests/).
 Failures print rke's fatal log line (logrus: ``level=fatal msg="..."``) and exit 1, like rke's main. Nothing here
 imports the collection's plugins. Environment: KUBEPKI_RKE1_GENERATOR (the generator binary; default: built or
 found by tests/rke1/build.sh), RKE_CONFIG (default of --config, as rke), RKE_DOUBLE_RESTART_LOG (path on the nodes).
@@ -153,8 +153,8 @@ def plane_actions(document: dict, action: str, rotation: tuple | None) -> list:
 def restart_planes(document: dict, steps: list) -> None:
     for sequence, (node, plane, action, name) in enumerate(steps, start=1):
         line = "%d %s %s %s" % (sequence, plane, action, name)
-        ssh(document, node, "mkdir -p %s && echo %s >> %s" % (shlex.quote(os.path.dirname(RESTART_LOG)), shlex.quote(line),
-                                                               shlex.quote(RESTART_LOG)))
+        command = "mkdir -p %s && echo %s >> %s" % (shlex.quote(os.path.dirname(RESTART_LOG)), shlex.quote(line), shlex.quote(RESTART_LOG))
+        ssh(document, node, command)
     log("info", "Finished restarting containers (%d)" % len(steps))
 
 
@@ -173,8 +173,7 @@ def write_kubeconfig(config: str, state_file: str) -> None:
 
 
 def state_path(config: str) -> str:
-    root, _ = os.path.splitext(config)
-    return root + ".rkestate"
+    return os.path.splitext(config)[0] + ".rkestate"
 
 
 def command_up(config: str) -> None:

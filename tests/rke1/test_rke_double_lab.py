@@ -191,11 +191,12 @@ def expected_steps(with_etcd):
 
 
 def assert_plane_order(entries, action, with_etcd):
-    assert [seq for seq, *_ in entries] == list(range(1, len(entries) + 1))
-    planes = [PLANES.index(plane) for _, _, plane, _, _ in entries]
+    """``entries``: (sequence, host, plane, action, container) of one run, sorted by sequence."""
+    assert [entry[0] for entry in entries] == list(range(1, len(entries) + 1))
+    planes = [PLANES.index(entry[2]) for entry in entries]
     assert planes == sorted(planes), "planes out of rke's order: %s" % entries
     assert all(entry[3] == action for entry in entries)
-    assert sorted((name, plane, container) for _, name, plane, _, container in entries) == sorted(expected_steps(with_etcd))
+    assert sorted((entry[1], entry[2], entry[4]) for entry in entries) == sorted(expected_steps(with_etcd))
 
 
 def test_01_version(lab):
