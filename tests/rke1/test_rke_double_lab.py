@@ -13,6 +13,7 @@ a missing one fails the test.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import importlib.util
 import json
@@ -223,7 +224,7 @@ def test_02_up_deploys_certificates_over_ssh(lab, tmp_path):
     with open(kubeconfig, encoding="utf-8") as handle:
         data = [line.split(":", 1)[1].strip().strip('"') for line in handle if line.strip().startswith("client-certificate-data:")]
     with open(admin, "wb") as handle:
-        handle.write(__import__("base64").b64decode(data[0]))
+        handle.write(base64.b64decode(data[0]))
     assert openssl_verifies(admin, ca)
     assert_plane_order(new_entries(before, restart_log(lab)), "start", with_etcd=True)
     lab["snapshots"]["up"] = fingerprints(lab)
