@@ -1,0 +1,235 @@
+# Copyright (c) kubepki.certs contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""playbooks/rotate_certs_rke1.yml and restore_rke1_state.yml (role rke1_rotate) with the real ansible-playbook against
+three SSH hosts of the network-namespace lab, the rke double (tests/rke1/rke_double.py) as the rke command.
+
+One story, in order (each test builds on the previous one): ``rke up`` by the double; the playbook refusing a missing
+state file; check mode; a rotation of every service; of kube-apiserver only; the refusal of an expired kube-ca without
+rke1_rotate_rotate_ca; the CA rotation; the restore playbook. Verdicts: openssl on the hosts' files (``verify
+-x509_strict`` against the CAs of cluster.rkestate, SHA-256 fingerprints), SHA-256 of every file on the workstation
+and the nodes, the double's restart logs, and ansible-playbook's exit code and messages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+from rke1_fixtures import build_generator, expired_ca, openssl_fingerprint, openssl_verifies
+from test_rke_double_lab import ROLES, STALE_TOKEN_KEY, assert_chain_to_state_ca, fingerprints, load_harness, restart_log
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+COLLECTION = os.path.dirname(os.path.dirname(HERE))
+DOUBLE = os.path.join(HERE, "rke_double.py")
+LAB_NAME, LAB_SUBNET = "krkp", "10.128.0.0/24"
+NODES_GROUP = "k3s_cluster"  # the lab's group of all hosts (k3s flavour: servers + agents)
+PLAYBOOK_TIMEOUT = 300
+
+
+def collections_path():
+    """The directory holding ansible_collections/kubepki/certs (the staged copy the tests run from)."""
+    parts = COLLECTION.split(os.sep)
+    assert parts[-3:] == ["ansible_collections", "kubepki", "certs"], "run from a staged copy (scripts/stage.sh): %s" % COLLECTION
+    return os.sep.join(parts[:-3])
+
+
+@pytest.fixture(scope="module")
+def lab():
+    assert os.geteuid() == 0, "the lab needs root (network and mount namespaces)"
+    for name in ("ssh", "scp", "openssl", "/usr/sbin/sshd"):
+        assert shutil.which(name) or os.access(name, os.X_OK), "needs %s (scripts/bootstrap.sh installs openssh and openssl)" % name
+    generator = build_generator()
+    harness = load_harness()
+    base = tempfile.mkdtemp(prefix="krkp-", dir="/tmp")
+    try:
+        state = harness.up(base, len(ROLES), 0, name=LAB_NAME, subnet=LAB_SUBNET, owner_pid=os.getpid(), log=lambda msg: None)
+    except harness.LabBusy as exc:
+        shutil.rmtree(base, ignore_errors=True)
+        pytest.fail("another lab holds %s/%s: %s" % (LAB_NAME, LAB_SUBNET, exc))
+    try:
+        workstation = os.path.join(base, "workstation")
+        os.makedirs(workstation)
+        hosts = {host["name"]: host for host in state["hosts"]}
+        lines = ["cluster_name: lab", "ssh_key_path: %s" % state["key_file"], "nodes:"]
+        for name, roles in ROLES.items():
+            lines += ["  - address: %s" % hosts[name]["address"], "    hostname_override: %s" % name, "    user: root",
+                      "    port: 22", "    role: [%s]" % ", ".join(roles)]
+        config = os.path.join(workstation, "cluster.yml")
+        with open(config, "w", encoding="utf-8") as handle:
+            handle.write("\n".join(lines) + "\n")
+        env = dict(os.environ, KUBEPKI_RKE1_GENERATOR=generator)
+        result = subprocess.run([sys.executable, DOUBLE, "up", "--config", config], capture_output=True, text=True,
+                                check=False, env=env, cwd=workstation, timeout=300)
+        assert result.returncode == 0, result.stderr
+        yield {"state": state, "hosts": hosts, "config": config, "workstation": workstation, "generator": generator,
+               "rkestate": os.path.join(workstation, "cluster.rkestate"), "backups": os.path.join(workstation, "backups"),
+               "log_dir": base, "runs": 0, "snapshots": {"up": None}}
+    finally:
+        harness.down(base, log=lambda msg: None)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def playbook(lab, name, *args):
+    """ansible-playbook <name> (a top-level wrapper) from the collection root against the lab; (rc, output)."""
+    extra = {"rke1_rotate_cluster_yml": lab["config"], "rke1_rotate_rke_command": [sys.executable, DOUBLE],
+             "rke1_rotate_nodes_group": NODES_GROUP, "rke1_rotate_node_become": False,
+             "rke1_rotate_backup_dir": lab["backups"]}
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=collections_path(), KUBEPKI_RKE1_GENERATOR=lab["generator"],
+               ANSIBLE_HOST_KEY_CHECKING="False", ANSIBLE_NOCOLOR="1", ANSIBLE_DEPRECATION_WARNINGS="False")
+    env.pop("ANSIBLE_CONFIG", None)
+    ansible_playbook = shutil.which("ansible-playbook") or os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
+    cmd = [ansible_playbook, "-i", lab["state"]["inventory"], name, "-e", json.dumps(extra)] + list(args)
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=COLLECTION, env=env, timeout=PLAYBOOK_TIMEOUT)
+    output = result.stdout + result.stderr
+    lab["runs"] += 1
+    with open(os.path.join(lab["log_dir"], "%02d-%s.log" % (lab["runs"], name)), "w", encoding="utf-8") as handle:
+        handle.write("$ %s\n(rc %d)\n%s" % (" ".join(cmd), result.returncode, output))
+    return result.returncode, output
+
+
+def sha256(path):
+    with open(path, "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
+
+
+def tree_digest(lab):
+    """SHA-256 and mode of every file on the workstation (backups included) and in every node's /etc/kubernetes and
+    restart log directory: what a refused run or a check-mode run must leave alone."""
+    digests = {}
+    roots = [lab["workstation"]]
+    for host in lab["hosts"].values():
+        roots += [os.path.join(host["root"], "root", "etc", "kubernetes"), os.path.join(host["root"], "root", "var", "log", "kubepki-lab")]
+    for root in roots:
+        for directory, _dirs, files in os.walk(root):
+            digests[directory] = oct(os.stat(directory).st_mode)
+            for entry in files:
+                path = os.path.join(directory, entry)
+                digests[path] = (sha256(path), oct(os.stat(path).st_mode))
+    assert len(digests) > 3 * 20
+    return digests
+
+
+def backups(lab):
+    return sorted(os.listdir(lab["backups"])) if os.path.isdir(lab["backups"]) else []
+
+
+def test_01_missing_state_file_is_refused_before_anything_runs(lab):
+    lab["snapshots"]["up"] = fingerprints(lab)
+    moved = lab["rkestate"] + ".away"
+    os.rename(lab["rkestate"], moved)
+    try:
+        before = tree_digest(lab)
+        rc, output = playbook(lab, "rotate-certs-rke1.yml")
+        assert rc != 0
+        assert "missing: %s" % lab["rkestate"] in output and "restore_rke1_state.yml" in output, output[-3000:]
+        assert "Run rke cert rotate" not in output  # the task never started
+        assert tree_digest(lab) == before
+    finally:
+        os.rename(moved, lab["rkestate"])
+
+
+def test_02_check_mode_changes_nothing(lab):
+    before = tree_digest(lab)
+    rc, output = playbook(lab, "rotate-certs-rke1.yml", "--check")
+    assert rc == 0, output[-3000:]
+    assert "Check mode, nothing changes. Would run in %s: %s %s cert rotate --config %s" % (
+        lab["workstation"], sys.executable, DOUBLE, lab["config"]) in output, output[-3000:]
+    assert tree_digest(lab) == before
+    assert backups(lab) == []
+
+
+def check_backup(lab, previous_state_sha):
+    """The newest backup directory: 0700, its state file (0600) the bytes the state file had before the run."""
+    newest = os.path.join(lab["backups"], backups(lab)[-1])
+    assert os.stat(newest).st_mode & 0o777 == 0o700
+    assert os.stat(os.path.join(newest, "cluster.rkestate")).st_mode & 0o777 == 0o600
+    assert sha256(os.path.join(newest, "cluster.rkestate")) == previous_state_sha
+    assert os.path.exists(os.path.join(newest, "kube_config_cluster.yml"))
+    return newest
+
+
+def test_03_rotate_all_services(lab, tmp_path):
+    before, state_sha, log_before = lab["snapshots"]["up"], sha256(lab["rkestate"]), restart_log(lab)
+    rc, output = playbook(lab, "rotate-certs-rke1.yml")
+    assert rc == 0, output[-4000:]
+    assert "verified on 3 nodes" in output
+    assert_chain_to_state_ca(lab, tmp_path)
+    after = fingerprints(lab)
+    for name, roles in ROLES.items():
+        assert after[name]["kube-ca"] == before[name]["kube-ca"]
+        for cert in ("kube-node", "kube-proxy") + (("kube-apiserver",) if "controlplane" in roles else ()):
+            assert after[name][cert] != before[name][cert], "%s: %s not rotated" % (name, cert)
+    assert restart_log(lab) != log_before  # the double (rke) ran and restarted containers
+    check_backup(lab, state_sha)
+    lab["snapshots"]["all"] = after
+
+
+def test_04_rotate_one_service(lab, tmp_path):
+    before, state_sha = lab["snapshots"]["all"], sha256(lab["rkestate"])
+    rc, output = playbook(lab, "rotate-certs-rke1.yml", "-e", '{"rke1_rotate_services": ["kube-apiserver"]}')
+    assert rc == 0, output[-4000:]
+    assert "cert rotate --service kube-apiserver --config" in output
+    assert_chain_to_state_ca(lab, tmp_path)
+    after = fingerprints(lab)
+    for name, roles in ROLES.items():
+        changed = sorted(cert for cert in after[name] if after[name][cert] != before[name].get(cert))
+        assert changed == (["kube-apiserver"] if "controlplane" in roles else []), "%s: %s" % (name, changed)
+    check_backup(lab, state_sha)
+    lab["snapshots"]["one"] = after
+
+
+def test_05_expired_ca_without_rotate_ca_is_refused_with_rkes_message(lab, tmp_path):
+    ca_pem, key_pem = expired_ca(str(tmp_path / "expired"), "kube-ca")
+    with open(lab["rkestate"], encoding="utf-8") as handle:
+        document = json.load(handle)
+    for section in ("currentState", "desiredState"):
+        document[section]["certificatesBundle"]["kube-ca"].update(certificatePEM=ca_pem, keyPEM=key_pem)
+    with open(lab["rkestate"], "w", encoding="utf-8") as handle:
+        json.dump(document, handle)
+    ca_file = str(tmp_path / "expired-ca.pem")
+    with open(ca_file, "w", encoding="utf-8") as handle:
+        handle.write(ca_pem)
+    assert not openssl_verifies(ca_file, ca_file)  # openssl: the injected kube-ca has expired
+    before = tree_digest(lab)
+    rc, output = playbook(lab, "rotate-certs-rke1.yml")
+    assert rc != 0
+    assert "CA certificate is invalid, please use the --rotate-ca flag" in output and "rke1_rotate_rotate_ca=true" in output, output[-3000:]
+    assert "Run rke cert rotate" not in output
+    assert tree_digest(lab) == before
+    lab["snapshots"]["expired_state_sha"] = sha256(lab["rkestate"])
+
+
+def test_06_rotate_ca(lab, tmp_path):
+    before = lab["snapshots"]["one"]
+    rc, output = playbook(lab, "rotate-certs-rke1.yml", "-e", '{"rke1_rotate_rotate_ca": true}')
+    assert rc == 0, output[-4000:]
+    assert "cert rotate --rotate-ca --config" in output
+    ca = assert_chain_to_state_ca(lab, tmp_path, skip=(STALE_TOKEN_KEY,))
+    assert openssl_verifies(ca, ca)  # the new kube-ca is valid
+    after = fingerprints(lab)
+    for name in ROLES:
+        assert after[name]["kube-ca"] != before[name]["kube-ca"]
+        assert after[name]["kube-ca"] == openssl_fingerprint(ca)
+    lab["snapshots"]["ca_backup"] = check_backup(lab, lab["snapshots"]["expired_state_sha"])
+
+
+def test_07_restore_brings_back_the_previous_state_file(lab):
+    rotated_sha, count = sha256(lab["rkestate"]), len(backups(lab))
+    backup = lab["snapshots"]["ca_backup"]
+    rc, output = playbook(lab, "restore-rke1-state.yml", "-e", json.dumps({"rke1_rotate_restore_from": backup}))
+    assert rc == 0, output[-4000:]
+    assert sha256(lab["rkestate"]) == lab["snapshots"]["expired_state_sha"]  # byte-equal to the state before rotate-ca
+    assert sha256(lab["rkestate"]) == sha256(os.path.join(backup, "cluster.rkestate"))
+    assert sha256(os.path.join(lab["workstation"], "kube_config_cluster.yml")) == sha256(os.path.join(backup, "kube_config_cluster.yml"))
+    assert os.stat(lab["rkestate"]).st_mode & 0o777 == 0o600
+    assert len(backups(lab)) == count + 1  # the rotated state was backed up first
+    newest = os.path.join(lab["backups"], backups(lab)[-1])
+    assert sha256(os.path.join(newest, "cluster.rkestate")) == rotated_sha
