@@ -121,6 +121,13 @@ def backups(lab):
     return sorted(os.listdir(lab["backups"])) if os.path.isdir(lab["backups"]) else []
 
 
+def reissued(output):
+    """The names the role's summary lists as re-issued (its debug line)."""
+    lines = [line for line in output.splitlines() if "certificates re-issued: " in line]
+    assert len(lines) == 1, output[-3000:]
+    return lines[0].split("certificates re-issued: ", 1)[1].strip().rstrip(",").strip('"').split(", ")
+
+
 def test_01_missing_state_file_is_refused_before_anything_runs(lab):
     lab["snapshots"]["up"] = fingerprints(lab)
     moved = lab["rkestate"] + ".away"
@@ -161,6 +168,8 @@ def test_03_rotate_all_services(lab, tmp_path):
     rc, output = playbook(lab, "rotate-certs-rke1.yml")
     assert rc == 0, output[-4000:]
     assert "verified on 3 nodes" in output
+    names = reissued(output)
+    assert {"kube-apiserver", "kube-node", "kube-proxy"} <= set(names) and "kube-ca" not in names, names
     assert_chain_to_state_ca(lab, tmp_path)
     after = fingerprints(lab)
     for name, roles in ROLES.items():
@@ -177,6 +186,7 @@ def test_04_rotate_one_service(lab, tmp_path):
     rc, output = playbook(lab, "rotate-certs-rke1.yml", "-e", '{"rke1_rotate_services": ["kube-apiserver"]}')
     assert rc == 0, output[-4000:]
     assert "cert rotate --service kube-apiserver --config" in output
+    assert reissued(output) == ["kube-apiserver"]
     assert_chain_to_state_ca(lab, tmp_path)
     after = fingerprints(lab)
     for name, roles in ROLES.items():
@@ -212,6 +222,7 @@ def test_06_rotate_ca(lab, tmp_path):
     rc, output = playbook(lab, "rotate-certs-rke1.yml", "-e", '{"rke1_rotate_rotate_ca": true}')
     assert rc == 0, output[-4000:]
     assert "cert rotate --rotate-ca --config" in output
+    assert {"kube-ca", "kube-apiserver-requestheader-ca", "kube-node"} <= set(reissued(output))
     ca = assert_chain_to_state_ca(lab, tmp_path, skip=(STALE_TOKEN_KEY,))
     assert openssl_verifies(ca, ca)  # the new kube-ca is valid
     after = fingerprints(lab)
