@@ -143,6 +143,30 @@ def test_01_missing_state_file_is_refused_before_anything_runs(lab):
         os.rename(moved, lab["rkestate"])
 
 
+def test_01b_foreign_state_file_and_old_rke_are_refused_before_anything_runs(lab, tmp_path):
+    # A cluster.yml with one node less next to this cluster's state file: the state belongs to another cluster.
+    with open(lab["config"], encoding="utf-8") as handle:
+        config = handle.read()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "cluster.yml").write_text(config.split("  - address:")[0] + "  - address:" + "  - address:".join(config.split("  - address:")[1:3]),
+                                       encoding="utf-8")
+    shutil.copy(lab["rkestate"], str(other / "cluster.rkestate"))
+    before = tree_digest(lab)
+    rc, output = playbook(lab, "rotate-certs-rke1.yml", "-e", json.dumps({"rke1_rotate_cluster_yml": str(other / "cluster.yml")}))
+    assert rc != 0
+    assert "%s belongs to another cluster" % (other / "cluster.rkestate") in output, output[-3000:]
+    assert "Run rke cert rotate" not in output
+    # An rke without `cert rotate` (v0.1.x).
+    old_rke = [sys.executable, "-c", "print('rke version v0.1.18')"]
+    rc, output = playbook(lab, "rotate-certs-rke1.yml", "-e", json.dumps({"rke1_rotate_rke_command": old_rke}))
+    assert rc != 0
+    assert "needs rke v0.2.0 or later" in output and "v0.1.18" in output, output[-3000:]
+    assert "Run rke cert rotate" not in output
+    assert tree_digest(lab) == before
+    assert sorted(os.listdir(str(other))) == ["cluster.rkestate", "cluster.yml"]
+
+
 def test_02_check_mode_changes_nothing(lab):
     before = tree_digest(lab)
     rc, output = playbook(lab, "rotate-certs-rke1.yml", "--check")
