@@ -92,6 +92,7 @@ def playbook(lab, name, *args):
     lab["runs"] += 1
     with open(os.path.join(lab["log_dir"], "%02d-%s.log" % (lab["runs"], name)), "w", encoding="utf-8") as handle:
         handle.write("$ %s\n(rc %d)\n%s" % (" ".join(cmd), result.returncode, output))
+    assert "PRIVATE KEY" not in output and "keyPEM" not in output, "key material in the playbook's output"
     return result.returncode, output
 
 
