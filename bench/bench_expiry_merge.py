@@ -74,7 +74,9 @@ def main() -> int:
             make_node(os.path.join(work, host), index)
             results[host] = check_expiration(get_layout("k3s", data_dir=os.path.join(work, host)), now=now)
         hosts = sorted(results)
-        parts = {"kubepki_expiry_part_%d" % n: {h: results[h] for h in hosts[n::args.slices]} for n in range(args.slices)}
+        # each slice publishes its part as JSON text (roles/check_expiration/tasks/main.yml), AWX passes it on as is
+        parts = {"kubepki_expiry_part_%d" % n: json.dumps({h: results[h] for h in hosts[n::args.slices]})
+                 for n in range(args.slices)}
         parts_file = os.path.join(work, "parts.json")
         with open(parts_file, "w", encoding="utf-8") as handle:
             json.dump(dict(parts, check_expiration_report_dir=os.path.join(work, "report")), handle)

@@ -54,8 +54,8 @@ options:
   parts_prefix:
     description:
       - Instead of O(results), the union of the parts the slices of a sliced run published (AWX job slicing). Every
-        variable named this prefix followed by an id holds host name -> C(cert_check) result. The parts are read as
-        data, not templated.
+        variable named this prefix followed by an id holds host name -> C(cert_check) result, as its JSON text (what
+        the role's slices publish) or as a dict. The parts are read as data, not templated.
       - The task fails, naming the prefix, when no such variable exists.
     type: str
   warn_days:

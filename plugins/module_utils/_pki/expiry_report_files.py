@@ -55,10 +55,16 @@ ARGUMENT_RULES = {"required_one_of": [("results", "parts_prefix")], "mutually_ex
 
 
 def merge_parts(variables: dict, prefix: str) -> dict:
-    """The union of the parts (host -> result) in the variables named ``prefix`` + an id, in the order of the names."""
+    """The union of the parts (host -> result) in the variables named ``prefix`` + an id, in the order of the names.
+    A part is the JSON text the slices publish (check_expiration_publish_part), or the dict itself."""
     merged = {}
     for name in sorted(name for name in variables if name.startswith(prefix) and len(name) > len(prefix)):
         part = variables[name]
+        if isinstance(part, str):
+            try:
+                part = json.loads(part)
+            except ValueError as exc:
+                raise ValueError("%s is not the JSON text of a part (%s)" % (name, exc)) from None
         if not isinstance(part, dict):
             raise ValueError("%s is not a dict host -> cert_check result" % name)
         merged.update(part)

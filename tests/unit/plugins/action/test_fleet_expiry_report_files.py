@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import html.parser
+import json
 import os
 import stat
 
@@ -126,3 +127,12 @@ def test_merge_parts_takes_every_variable_with_the_prefix():
     assert files.merge_parts({}, "part_") == {}
     with pytest.raises(ValueError, match="part_1 is not a dict"):
         files.merge_parts({"part_1": ["a"]}, "part_")
+
+
+def test_merge_parts_reads_the_json_text_the_slices_publish():
+    variables = {"part_1": json.dumps({"a": {"x": 1}}), "part_2": {"b": {"x": 2}}}
+    assert files.merge_parts(variables, "part_") == {"a": {"x": 1}, "b": {"x": 2}}
+    with pytest.raises(ValueError, match="part_1 is not the JSON text of a part"):
+        files.merge_parts({"part_1": "{not json"}, "part_")
+    with pytest.raises(ValueError, match="part_1 is not a dict"):
+        files.merge_parts({"part_1": "[1]"}, "part_")
