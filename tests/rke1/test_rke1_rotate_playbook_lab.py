@@ -19,12 +19,11 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 
 import pytest
 
-from rke1_fixtures import build_generator, expired_ca, openssl_fingerprint, openssl_verifies
-from test_rke_double_lab import ROLES, STALE_TOKEN_KEY, assert_chain_to_state_ca, fingerprints, load_harness, restart_log
+from rke1_fixtures import expired_ca, openssl_fingerprint, openssl_verifies
+from test_rke_double_lab import ROLES, STALE_TOKEN_KEY, assert_chain_to_state_ca, fingerprints, restart_log, rke1_lab
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 COLLECTION = os.path.dirname(os.path.dirname(HERE))
@@ -43,38 +42,13 @@ def collections_path():
 
 @pytest.fixture(scope="module")
 def lab():
-    assert os.geteuid() == 0, "the lab needs root (network and mount namespaces)"
-    for name in ("ssh", "scp", "openssl", "/usr/sbin/sshd"):
-        assert shutil.which(name) or os.access(name, os.X_OK), "needs %s (scripts/bootstrap.sh installs openssh and openssl)" % name
-    generator = build_generator()
-    harness = load_harness()
-    base = tempfile.mkdtemp(prefix="krkp-", dir="/tmp")
-    try:
-        state = harness.up(base, len(ROLES), 0, name=LAB_NAME, subnet=LAB_SUBNET, owner_pid=os.getpid(), log=lambda msg: None)
-    except harness.LabBusy as exc:
-        shutil.rmtree(base, ignore_errors=True)
-        pytest.fail("another lab holds %s/%s: %s" % (LAB_NAME, LAB_SUBNET, exc))
-    try:
-        workstation = os.path.join(base, "workstation")
-        os.makedirs(workstation)
-        hosts = {host["name"]: host for host in state["hosts"]}
-        lines = ["cluster_name: lab", "ssh_key_path: %s" % state["key_file"], "nodes:"]
-        for name, roles in ROLES.items():
-            lines += ["  - address: %s" % hosts[name]["address"], "    hostname_override: %s" % name, "    user: root",
-                      "    port: 22", "    role: [%s]" % ", ".join(roles)]
-        config = os.path.join(workstation, "cluster.yml")
-        with open(config, "w", encoding="utf-8") as handle:
-            handle.write("\n".join(lines) + "\n")
-        env = dict(os.environ, KUBEPKI_RKE1_GENERATOR=generator)
-        result = subprocess.run([sys.executable, DOUBLE, "up", "--config", config], capture_output=True, text=True,
-                                check=False, env=env, cwd=workstation, timeout=300)
+    with rke1_lab("krkp-", LAB_NAME, LAB_SUBNET) as made:
+        env = dict(os.environ, KUBEPKI_RKE1_GENERATOR=made["generator"])
+        result = subprocess.run([sys.executable, DOUBLE, "up", "--config", made["config"]], capture_output=True, text=True,
+                                check=False, env=env, cwd=made["workstation"], timeout=300)
         assert result.returncode == 0, result.stderr
-        yield {"state": state, "hosts": hosts, "config": config, "workstation": workstation, "generator": generator,
-               "rkestate": os.path.join(workstation, "cluster.rkestate"), "backups": os.path.join(workstation, "backups"),
-               "log_dir": base, "runs": 0, "snapshots": {"up": None}}
-    finally:
-        harness.down(base, log=lambda msg: None)
-        shutil.rmtree(base, ignore_errors=True)
+        yield dict(made, backups=os.path.join(made["workstation"], "backups"), log_dir=made["base"], runs=0,
+                   snapshots={"up": None})
 
 
 def playbook(lab, name, *args):

@@ -14,6 +14,7 @@ a missing one fails the test.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -46,35 +47,43 @@ def load_harness():
     return module
 
 
-@pytest.fixture(scope="module")
-def lab():
+@contextlib.contextmanager
+def rke1_lab(prefix, name, subnet):
+    """Three lab hosts with sshd (the ROLES' names) and a cluster.yml naming them on a workstation directory; torn down
+    after. Yields the lab's state, hosts, paths and the generator the double runs."""
     assert os.geteuid() == 0, "the lab needs root (network and mount namespaces)"
-    for name in ("ssh", "scp", "openssl", "/usr/sbin/sshd"):
-        assert shutil.which(name) or os.access(name, os.X_OK), "needs %s (scripts/bootstrap.sh installs openssh and openssl)" % name
+    for tool in ("ssh", "scp", "openssl", "/usr/sbin/sshd"):
+        assert shutil.which(tool) or os.access(tool, os.X_OK), "needs %s (scripts/bootstrap.sh installs openssh and openssl)" % tool
     generator = build_generator()
     harness = load_harness()
-    base = tempfile.mkdtemp(prefix="krke-", dir="/tmp")
+    base = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
     try:
-        state = harness.up(base, len(ROLES), 0, name=LAB_NAME, subnet=LAB_SUBNET, owner_pid=os.getpid(), log=lambda msg: None)
+        state = harness.up(base, len(ROLES), 0, name=name, subnet=subnet, owner_pid=os.getpid(), log=lambda msg: None)
     except harness.LabBusy as exc:
         shutil.rmtree(base, ignore_errors=True)
-        pytest.fail("another lab holds %s/%s: %s" % (LAB_NAME, LAB_SUBNET, exc))
+        pytest.fail("another lab holds %s/%s: %s" % (name, subnet, exc))
     try:
         workstation = os.path.join(base, "workstation")
         os.makedirs(workstation)
         hosts = {host["name"]: host for host in state["hosts"]}
         lines = ["cluster_name: lab", "ssh_key_path: %s" % state["key_file"], "nodes:"]
-        for name, roles in ROLES.items():
-            lines += ["  - address: %s" % hosts[name]["address"], "    hostname_override: %s" % name, "    user: root",
+        for host, roles in ROLES.items():
+            lines += ["  - address: %s" % hosts[host]["address"], "    hostname_override: %s" % host, "    user: root",
                       "    port: 22", "    role: [%s]" % ", ".join(roles)]
         config = os.path.join(workstation, "cluster.yml")
         with open(config, "w", encoding="utf-8") as handle:
             handle.write("\n".join(lines) + "\n")
         yield {"state": state, "hosts": hosts, "config": config, "workstation": workstation, "generator": generator,
-               "rkestate": os.path.join(workstation, "cluster.rkestate"), "snapshots": {}}
+               "rkestate": os.path.join(workstation, "cluster.rkestate"), "base": base}
     finally:
         harness.down(base, log=lambda msg: None)
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def lab():
+    with rke1_lab("krke-", LAB_NAME, LAB_SUBNET) as made:
+        yield dict(made, snapshots={})
 
 
 def rke(lab, *args):
