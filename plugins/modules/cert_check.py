@@ -431,7 +431,6 @@ scanned_dirs:
 """
 
 import datetime
-import json
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -444,7 +443,7 @@ from ansible_collections.kubepki.certs.plugins.module_utils._pki.expiry_report i
 )
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.expiry_metrics import textfile
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.files import PUBLIC_FILE_MODE, write_if_changed
-from ansible_collections.kubepki.certs.plugins.module_utils._pki.kubeadm_expiry import kubeadm_expiration_info
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.kubeadm_expiry import expiration_info_text, kubeadm_expiration_info
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.layout import (
     DISTRIBUTIONS,
     KUBEADM_DISTRIBUTIONS,
@@ -524,7 +523,7 @@ def main():
     if params["textfile"]:
         files.append((params["textfile"], textfile(report["certificates"], now=now)))
     if params["kubeadm_json"]:
-        files.append((params["kubeadm_json"], json.dumps(result["kubeadm_expiration_info"], indent=4) + "\n"))
+        files.append((params["kubeadm_json"], expiration_info_text(result["kubeadm_expiration_info"])))
     result["written"] = [path for path, text in files
                          if run_engine(module, write_if_changed, path, text.encode("utf-8"), mode=PUBLIC_FILE_MODE,
                                        check_mode=module.check_mode)]

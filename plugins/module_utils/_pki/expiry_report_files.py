@@ -31,6 +31,7 @@ from ansible_collections.kubepki.certs.plugins.module_utils._pki.files import (
     file_mode,
     read_if_exists,
 )
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.kubeadm_expiry import expiration_info_text
 
 REPORT_DIR_MODE = 0o755
 BASE_NAME = "fleet-expiry"
@@ -100,7 +101,7 @@ def render_markdown(report: dict, *, host_count: int) -> str:
 def render_kubeadm(results: dict) -> dict:
     """kubeadm/<host>.json -> the host's CertificateExpirationInfo as ``kubeadm certs check-expiration -o json`` prints
     it (4-space indent, kubeadm's field order), for every host whose cert_check result carries one (kubeadm nodes)."""
-    return {"%s/%s.json" % (KUBEADM_DIR, host.replace(os.sep, "_")): json.dumps(result["kubeadm_expiration_info"], indent=4) + "\n"
+    return {"%s/%s.json" % (KUBEADM_DIR, host.replace(os.sep, "_")): expiration_info_text(result["kubeadm_expiration_info"])
             for host, result in sorted(results.items()) if result.get("kubeadm_expiration_info")}
 
 

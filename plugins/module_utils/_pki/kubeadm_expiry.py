@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.expiry_examination import as_utc
@@ -93,3 +94,8 @@ def kubeadm_expiration_info(layout, entries: list, *, now: datetime.datetime | N
         "certificates": sorted(certificates, key=lambda item: item["name"]),
         "certificateAuthorities": sorted(authorities, key=lambda item: item["name"]),
     }
+
+
+def expiration_info_text(info: dict) -> str:
+    """The text ``kubeadm certs check-expiration -o json`` prints for ``info`` (4-space indent, its field order kept)."""
+    return json.dumps(info, indent=4) + "\n"
