@@ -5,7 +5,8 @@
 three SSH hosts of the network-namespace lab, the rke double (tests/rke1/rke_double.py) as the rke command.
 
 One story, in order (each test builds on the previous one): ``rke up`` by the double; the playbook refusing a missing
-state file; check mode; a rotation of every service; of kube-apiserver only; the refusal of an expired kube-ca without
+state file; check mode; a rotation of every service; of kube-apiserver only; the refusal of nodes that disagree with the
+state file and the resumed rotation that rke had stopped after writing it; the refusal of an expired kube-ca without
 rke1_rotate_rotate_ca; the CA rotation; the restore playbook. Verdicts: openssl on the hosts' files (``verify
 -x509_strict`` against the CAs of cluster.rkestate, SHA-256 fingerprints), SHA-256 of every file on the workstation
 and the nodes, the double's restart logs, and ansible-playbook's exit code and messages.
@@ -195,6 +196,33 @@ def test_04_rotate_one_service(lab, tmp_path):
     lab["snapshots"]["one"] = after
 
 
+def test_04b_nodes_disagreeing_with_the_state_file_are_refused_unless_resuming(lab, tmp_path):
+    # rke's own rotation writes the new state, then stops before any node gets a file: a rotation interrupted after
+    # rke wrote cluster.rkestate. Every node now holds other certificates than the state file deploys to it.
+    before_nodes, state_sha = fingerprints(lab), sha256(lab["rkestate"])
+    result = subprocess.run([lab["generator"], "rotate", "-config", lab["config"], "-nodes", str(tmp_path / "never-deployed")],
+                            capture_output=True, text=True, check=False, cwd=lab["workstation"], timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert sha256(lab["rkestate"]) != state_sha and fingerprints(lab) == before_nodes
+    before = tree_digest(lab)
+    rc, output = playbook(lab, "rotate-certs-rke1.yml")
+    assert rc != 0
+    assert "nodes whose certificates disagree with %s: " % lab["rkestate"] in output, output[-3000:]
+    for name in ROLES:
+        assert "%s (" % name in output, (name, output[-3000:])
+    assert "rke1_rotate_allow_stale_nodes=true" in output and "Run rke cert rotate" not in output
+    assert tree_digest(lab) == before
+    # Resuming: the same rotation again, allowed; rke deploys the state's certificates and every node is verified.
+    rc, output = playbook(lab, "rotate-certs-rke1.yml", "-e", '{"rke1_rotate_allow_stale_nodes": true}')
+    assert rc == 0, output[-4000:]
+    assert "going on with nodes that disagree with the state file" in output and "verified on 3 nodes" in output
+    assert_chain_to_state_ca(lab, tmp_path)
+    after = fingerprints(lab)
+    for name in ROLES:
+        assert after[name]["kube-node"] != before_nodes[name]["kube-node"], name
+    # Now nodes and state agree again: the next run needs no override (test_06 below runs without it).
+
+
 def test_05_expired_ca_without_rotate_ca_is_refused_with_rkes_message(lab, tmp_path):
     ca_pem, key_pem = expired_ca(str(tmp_path / "expired"), "kube-ca")
     with open(lab["rkestate"], encoding="utf-8") as handle:
@@ -203,6 +231,13 @@ def test_05_expired_ca_without_rotate_ca_is_refused_with_rkes_message(lab, tmp_p
         document[section]["certificatesBundle"]["kube-ca"].update(certificatePEM=ca_pem, keyPEM=key_pem)
     with open(lab["rkestate"], "w", encoding="utf-8") as handle:
         json.dump(document, handle)
+    # The nodes hold the same expired CA (a cluster whose CA ran out), so only the expiry is wrong.
+    for host in lab["hosts"].values():
+        ssl = os.path.join(host["root"], "root", "etc", "kubernetes", "ssl")
+        for name, pem in (("kube-ca.pem", ca_pem), ("kube-ca-key.pem", key_pem)):
+            if os.path.exists(os.path.join(ssl, name)):
+                with open(os.path.join(ssl, name), "w", encoding="utf-8") as handle:
+                    handle.write(pem)
     ca_file = str(tmp_path / "expired-ca.pem")
     with open(ca_file, "w", encoding="utf-8") as handle:
         handle.write(ca_pem)
