@@ -333,10 +333,13 @@ step_pytest_kube() {
 # tests/rke1/build.sh, cached in the clone's .cache/rke1/<rke version>), then cert_check's RKE1 tests judged by
 # openssl on them, and the rke CLI double (tests/rke1/rke_double.py) driving `rke up` / `rke cert rotate` against a
 # three-host lab of tests/lab/kubepki_lab.py (root, openssh-server, openssl: scripts/bootstrap.sh installs them).
+# The CA rotation's cluster side runs the real etcd, kube-apiserver and kube-controller-manager of tests/kube/build.sh
+# (built by the kube step before; cached) as the lab's containers.
 step_pytest_rke1() {
     need_stage
-    export KUBEPKI_RKE1_CACHE="${ROOT}/.cache/rke1"
+    export KUBEPKI_RKE1_CACHE="${ROOT}/.cache/rke1" KUBEPKI_KUBE_CACHE="${ROOT}/.cache/kube"
     bash "${COLL}/tests/rke1/build.sh"
+    bash "${COLL}/tests/kube/build.sh"
     pytest_suite tests/rke1
 }
 

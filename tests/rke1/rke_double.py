@@ -14,6 +14,10 @@ cluster.yml (address, port, user, ssh_key_path; rke ignores host keys, so does t
   every service, --rotate-ca or etcd is rotated), control plane, worker plane on every host; ``up`` starts them in
   the same order. Each one is a line ``<sequence> <plane> <action> <container>`` appended to RESTART_LOG on the node;
   the sequence numbers run across all nodes of one invocation, so a test merges the logs to see the global order.
+  Where the lab runs a real process for a container, an executable CONTAINERS_DIR/<container> on the node is run
+  with the action (``start`` or ``restart``);
+- after ``--rotate-ca``, deletes the pods of rke's add-ons by label through the admin kubeconfig when the lab runs a
+  Kubernetes API (RKE_DOUBLE_KUBECTL; RKE_DOUBLE_SKIP_CLUSTER_PODS=1 leaves them, a fault a test injects).
 
 Run it as ``python3 tests/rke1/rke_double.py <rke arguments>`` (no shebang: ansible-test's sanity rules for tests/).
 Failures print rke's fatal log line (logrus: ``level=fatal msg="..."``) and exit 1, like rke's main. Nothing here
@@ -45,6 +49,15 @@ SSH_TIMEOUT = 60
 ETCD_CONTAINERS = ("etcd",)
 CONTROL_CONTAINERS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
 WORKER_CONTAINERS = ("kubelet", "kube-proxy", "nginx-proxy")
+# A lab that runs real processes for some containers puts an executable per container name here on the node; the
+# double runs it with the action (start/restart) where rke would start or restart that container.
+CONTAINERS_DIR = os.environ.get("RKE_DOUBLE_CONTAINERS_DIR", "/var/log/kubepki-lab/containers")
+# rke v1.8.0 cluster.RestartClusterPods: k8s-app flannel, canal, calico-node, calico-kube-controllers, metrics-server,
+# kube-dns, kube-dns-autoscaler, coredns-autoscaler; name weave-net; app ingress-nginx, kube-api-auth,
+# cattle-cluster-agent.
+SYSTEM_POD_LABELS = ("k8s-app=flannel", "k8s-app=canal", "name=weave-net", "app=ingress-nginx", "k8s-app=metrics-server",
+                     "k8s-app=kube-dns", "k8s-app=kube-dns-autoscaler", "k8s-app=coredns-autoscaler", "app=kube-api-auth",
+                     "app=cattle-cluster-agent", "k8s-app=calico-node", "k8s-app=calico-kube-controllers")
 
 
 class RkeError(Exception):
@@ -153,9 +166,33 @@ def plane_actions(document: dict, action: str, rotation: tuple | None) -> list:
 def restart_planes(document: dict, steps: list) -> None:
     for sequence, (node, plane, action, name) in enumerate(steps, start=1):
         line = "%d %s %s %s" % (sequence, plane, action, name)
-        command = "mkdir -p %s && echo %s >> %s" % (shlex.quote(os.path.dirname(RESTART_LOG)), shlex.quote(line), shlex.quote(RESTART_LOG))
+        hook = shlex.quote(os.path.join(CONTAINERS_DIR, name))
+        command = "mkdir -p %s && echo %s >> %s && if [ -x %s ]; then %s %s; fi" % (
+            shlex.quote(os.path.dirname(RESTART_LOG)), shlex.quote(line), shlex.quote(RESTART_LOG), hook, hook, action)
         ssh(document, node, command)
     log("info", "Finished restarting containers (%d)" % len(steps))
+
+
+def restart_cluster_pods(config: str) -> None:
+    """rke's cluster.RestartClusterPods after --rotate-ca: delete the pods of rke's add-ons, by label, through the
+    admin kubeconfig. Only where the lab runs a Kubernetes API (RKE_DOUBLE_KUBECTL names kubectl); rke returns the
+    error when the API does not answer, and so does this."""
+    kubectl = os.environ.get("RKE_DOUBLE_KUBECTL")
+    if not kubectl or os.environ.get("RKE_DOUBLE_SKIP_CLUSTER_PODS") == "1":
+        return
+    log("info", "Restarting network, ingress, and metrics pods")
+    kubeconfig = os.path.join(os.path.dirname(config), "kube_config_" + os.path.basename(config))
+    deadline = time.monotonic() + 120
+    for label in SYSTEM_POD_LABELS:
+        while True:
+            result = subprocess.run([kubectl, "--kubeconfig", kubeconfig, "--request-timeout", "10s", "delete", "pods",
+                                     "--all-namespaces", "-l", label, "--wait=false"], capture_output=True, text=True,
+                                    check=False, timeout=60)
+            if result.returncode == 0:
+                break
+            if time.monotonic() > deadline:
+                raise RkeError("Failed to initialize new kubernetes client: %s" % result.stderr.strip())
+            time.sleep(2)
 
 
 def write_kubeconfig(config: str, state_file: str) -> None:
@@ -202,6 +239,8 @@ def command_rotate(config: str, services: list, rotate_ca: bool) -> None:
             deploy_node_files(document, node, staged)
     restart_planes(document, plane_actions(document, "restart", (tuple(services), rotate_ca)))
     write_kubeconfig(config, state_path(config))
+    if rotate_ca:
+        restart_cluster_pods(config)
 
 
 def parser() -> argparse.ArgumentParser:
