@@ -1,7 +1,7 @@
 # Copyright (c) kubepki.certs contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Test double of the ``rke`` CLI (RKE1): ``rke --version``, ``rke up``, ``rke cert rotate``.
+"""Test double of the ``rke`` CLI (RKE1): ``rke --version``, ``rke up``, ``rke cert rotate``, ``rke cert generate-csr``.
 
 The PKI work is rke's own Go code: the generator of tests/rke1/gen (``rke1-fixtures``, rke v1.8.0's ``cmd``,
 ``cluster`` and ``pki`` packages) writes cluster.rkestate and each node's certificate files into a private staging
@@ -18,6 +18,9 @@ cluster.yml (address, port, user, ssh_key_path; rke ignores host keys, so does t
   with the action (``start`` or ``restart``);
 - after ``--rotate-ca``, deletes the pods of rke's add-ons by label through the admin kubeconfig when the lab runs a
   Kubernetes API (RKE_DOUBLE_KUBECTL; RKE_DOUBLE_SKIP_CLUSTER_PODS=1 leaves them, a fault a test injects).
+
+``rke cert generate-csr [--config F] [--cert-dir DIR]`` is the generator's ``csr`` (rke's cmd.GenerateRKECSRs, which
+contacts no node): ``<name>-csr.pem`` + ``<name>-key.pem`` in DIR, by default rke's ``<cluster file stem>_certs``.
 
 Run it as ``python3 tests/rke1/rke_double.py <rke arguments>`` (no shebang: ansible-test's sanity rules for tests/).
 Failures print rke's fatal log line (logrus: ``level=fatal msg="..."``) and exit 1, like rke's main. Nothing here
@@ -243,6 +246,12 @@ def command_rotate(config: str, services: list, rotate_ca: bool) -> None:
         restart_cluster_pods(config)
 
 
+def command_generate_csr(config: str, cert_dir: str | None) -> None:
+    """rke's own generate-csr; its logrus lines pass through, its error becomes our fatal line."""
+    read_cluster(config)
+    run_generator("csr", "-config", config, *(["-cert-dir", cert_dir] if cert_dir else []))
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="rke", add_help=True)
     top.add_argument("--version", "-v", action="store_true")
@@ -256,6 +265,9 @@ def parser() -> argparse.ArgumentParser:
     rotate.add_argument("--config", default=os.environ.get("RKE_CONFIG", "cluster.yml"))
     rotate.add_argument("--service", action="append", default=[])
     rotate.add_argument("--rotate-ca", action="store_true")
+    generate_csr = cert.add_parser("generate-csr")
+    generate_csr.add_argument("--config", default=os.environ.get("RKE_CONFIG", "cluster.yml"))
+    generate_csr.add_argument("--cert-dir", default="")
     return top
 
 
@@ -270,6 +282,9 @@ def main(argv: list | None = None) -> int:
             command_up(os.path.abspath(args.config))
         elif args.command == "cert" and args.cert_command == "rotate":
             command_rotate(os.path.abspath(args.config), args.service, args.rotate_ca)
+        elif args.command == "cert" and args.cert_command == "generate-csr":
+            # rke keeps --config as given, so its default directory is relative to the same place
+            command_generate_csr(args.config, args.cert_dir or None)
         else:
             parser().print_help(sys.stderr)
             return 2

@@ -268,12 +268,15 @@ def build_ca_certificate(*, subject_common_name: str, subject_public_key, issuer
 
 def build_leaf_certificate(*, subject_common_name: str, subject_public_key, issuer_certificate, issuer_key,
                            validity_days: int, server_auth: bool = False, client_auth: bool = True,
-                           organizations=(), dns_names=(), ip_addresses=(), now: datetime.datetime | None = None):
-    """A leaf certificate with the profile k3s gives its own leaves (EKU server and/or client auth)."""
+                           organizations=(), dns_names=(), ip_addresses=(), now: datetime.datetime | None = None,
+                           subject=None):
+    """A leaf certificate with the profile k3s gives its own leaves (EKU server and/or client auth). ``subject`` (an
+    x509.Name, a CSR's as it is) replaces the one built from ``subject_common_name`` and ``organizations``."""
     now = now or utcnow()
     start, end = _clamped_validity(issuer_certificate=issuer_certificate, validity_days=validity_days, now=now)
     attributes = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, org) for org in organizations]
     attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, subject_common_name))
+    subject = subject if subject is not None else x509.Name(attributes)
     usages = []
     if server_auth:
         usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
@@ -283,7 +286,7 @@ def build_leaf_certificate(*, subject_common_name: str, subject_public_key, issu
         raise InvalidInputError("a leaf certificate needs server_auth or client_auth")
     builder = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name(attributes))
+        .subject_name(subject)
         .issuer_name(issuer_certificate.subject)
         .public_key(subject_public_key)
         .serial_number(_random_serial())
@@ -305,3 +308,35 @@ def build_leaf_certificate(*, subject_common_name: str, subject_public_key, issu
     if names:
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     return builder.sign(issuer_key, signature_hash_for(issuer_key))
+
+
+def request_alt_names(request) -> tuple:
+    """``(dns_names, ip_addresses)`` a CSR asks for (its SubjectAlternativeName extension request; empty without)."""
+    try:
+        sans = request.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return [], []
+    return sans.get_values_for_type(x509.DNSName), [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)]
+
+
+def certificate_alt_names(certificate) -> tuple:
+    """``(dns_names, ip_addresses)`` of a certificate, in the shape of :func:`request_alt_names`."""
+    sans = _extension(certificate, x509.SubjectAlternativeName)
+    if sans is None:
+        return [], []
+    return sans.get_values_for_type(x509.DNSName), [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)]
+
+
+def sign_request(request, *, issuer_certificate, issuer_key, validity_days: int, server_auth: bool,
+                 client_auth: bool, now: datetime.datetime | None = None, source: str = "CSR"):
+    """A leaf certificate for a CSR: its subject (as it is) and DNS/IP names, its public key, the extended key usages
+    the caller decides (never the ones the request asks for), issued by ``issuer_certificate``/``issuer_key`` and
+    never valid past the issuer. Raises InvalidInputError when the request's self-signature does not verify."""
+    if not request.is_signature_valid:
+        raise InvalidInputError("%s: the CSR's signature is not valid" % source, path=source)
+    dns_names, ip_addresses = request_alt_names(request)
+    return build_leaf_certificate(
+        subject_common_name=common_name(request.subject) or "-", subject=request.subject,
+        subject_public_key=request.public_key(), issuer_certificate=issuer_certificate, issuer_key=issuer_key,
+        validity_days=validity_days, now=now or utcnow(), dns_names=dns_names, ip_addresses=ip_addresses,
+        server_auth=server_auth, client_auth=client_auth)

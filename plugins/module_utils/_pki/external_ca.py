@@ -26,11 +26,11 @@ import re
 from dataclasses import dataclass, field
 
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.certs import (
-    build_leaf_certificate,
     dump_certificates,
     fingerprint_sha256,
     is_directly_issued_by,
     load_certificates,
+    sign_request,
     utcnow,
 )
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.deps import hashes, serialization, x509
@@ -176,19 +176,10 @@ def plan_signing(layout, request_dir: str, *, ca_name: str, ca_cert_path: str, c
             if same_key(existing, request.public_key()) and is_directly_issued_by(existing, ca_certificate):
                 items.append({"name": files.name, "cert": files.cert, "state": "present"})
                 continue
-        try:
-            sans = request.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-            dns_names = sans.get_values_for_type(x509.DNSName)
-            ips = [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)]
-        except x509.ExtensionNotFound:
-            dns_names, ips = [], []
         flags = usages.get(files.name, ("client_auth",))
-        certificate = build_leaf_certificate(
-            subject_common_name=request.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value,
-            organizations=[a.value for a in request.subject.get_attributes_for_oid(x509.NameOID.ORGANIZATION_NAME)],
-            subject_public_key=request.public_key(), issuer_certificate=ca_certificate, issuer_key=ca_key,
-            validity_days=validity_days, now=now or utcnow(), dns_names=dns_names, ip_addresses=ips,
-            server_auth="server_auth" in flags, client_auth="client_auth" in flags)
+        certificate = sign_request(request, issuer_certificate=ca_certificate, issuer_key=ca_key,
+                                   validity_days=validity_days, now=now or utcnow(), source=files.csr,
+                                   server_auth="server_auth" in flags, client_auth="client_auth" in flags)
         writes.append((files.cert, dump_certificates([certificate]), PUBLIC_FILE_MODE))
         items.append({"name": files.name, "cert": files.cert, "state": "signed"})
     return StepPlan(items, writes)

@@ -27,6 +27,7 @@ JOIN_TOKEN_DISTRIBUTIONS = RANCHER_DISTRIBUTIONS         # K10 secure tokens car
 HEALTH_GATE_DISTRIBUTIONS = ("k3s", "rke2", "kubeadm")   # an admin kubectl on every server: health_gate
 KUBEADM_DISTRIBUTIONS = ("kubeadm",)                     # kubeadm's own names: cert_check kubeadm_output, leaf_renew
 RKE1_STATE_DISTRIBUTIONS = ("rke1",)                     # cluster.rkestate: cert_check rkestate, rkestate_expected
+RKE1_CUSTOM_CERTS_DISTRIBUTIONS = ("rke1",)              # `rke cert generate-csr` / `rke up --custom-certs`: rke1_external_ca
 
 
 @dataclass(frozen=True)
@@ -314,7 +315,21 @@ def _rke1_layout(data_dir: str | None) -> Layout:
                                                       "kube-etcd-client-ca", "kube-apiserver-requestheader-ca",
                                                       "kube-apiserver-proxy-client"),
                                      "etcd_prefix": "kube-etcd",
-                                     "kubelet_prefix": "kube-kubelet"}},
+                                     "kubelet_prefix": "kube-kubelet"},
+               # `rke cert generate-csr` (pki.GenerateRKEServicesCSRs): a CSR and key per component below, per etcd
+               # host <etcd_prefix>-<host> and, with generate_serving_certificate, per host <kubelet_prefix>-<host>;
+               # "server_auth" are the ones rke asks ServerAuth for besides ClientAuth (GenerateCertSigningRequestAndKey
+               # with serverCrt, the per-host etcd and kubelet ones too). `rke up --custom-certs` reads <name>.pem +
+               # <name>-key.pem from the directory (pki.ReadCertsAndKeysFromDir), the CAs' certificates without a key,
+               # and the service-account token key as kube-service-account-token-key.pem with its certificate.
+               "custom_certs": {"csr_components": ("kube-apiserver", "kube-controller-manager", "kube-scheduler",
+                                                   "kube-proxy", "kube-node", "kube-admin",
+                                                   "kube-apiserver-proxy-client"),
+                                "server_auth": ("kube-apiserver", "kube-apiserver-proxy-client"),
+                                "ca_names": ("kube-ca", "kube-apiserver-requestheader-ca"),
+                                "service_account": "kube-service-account-token",
+                                "csr_suffix": "-csr.pem", "key_suffix": "-key.pem", "cert_suffix": ".pem",
+                                "dir_suffix": "_certs"}},
     )
 
 

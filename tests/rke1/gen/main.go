@@ -4,8 +4,16 @@
 //
 // Usage:
 //
-//	rke1-fixtures up     -config DIR/cluster.yml -nodes NODES_DIR
-//	rke1-fixtures rotate -config DIR/cluster.yml -nodes NODES_DIR [-rotate-ca] [-service NAME]... [-no-deploy]
+//	rke1-fixtures up           -config DIR/cluster.yml -nodes NODES_DIR
+//	rke1-fixtures rotate       -config DIR/cluster.yml -nodes NODES_DIR [-rotate-ca] [-service NAME]... [-no-deploy]
+//	rke1-fixtures csr          -config DIR/cluster.yml [-cert-dir CERT_DIR]
+//	rke1-fixtures check-custom -config DIR/cluster.yml [-cert-dir CERT_DIR]
+//
+// "csr" is `rke cert generate-csr` (cmd.GenerateRKECSRs): <name>-csr.pem and <name>-key.pem of every component and
+// etcd node in CERT_DIR (default: rke's, <cluster file without extension>_certs next to it); a rerun keeps the keys
+// and CSRs already there. "check-custom" reads CERT_DIR as `rke up --custom-certs --cert-dir CERT_DIR` does
+// (cluster.RebuildState with CustomCerts: pki.ReadCertsAndKeysFromDir, pki.ValidateBundleContent, which ends with
+// validateCAIssuer) and exits 1 with rke's error when rke would refuse the directory; see csr.go.
 //
 // "rotate" runs rke's cmd.ClusterInit as `rke cert rotate` does (the rotation of the current state into the desired
 // state), "up" the same steps for a fresh cluster (initFreshCluster); both then run the certificate part of a successful `rke up`: SetUpAuthentication, deployment of each node's
@@ -43,8 +51,12 @@ func (s *serviceList) String() string     { return strings.Join(*s, ",") }
 func (s *serviceList) Set(v string) error { *s = append(*s, v); return nil }
 
 func main() {
+	if len(os.Args) >= 2 && (os.Args[1] == "csr" || os.Args[1] == "check-custom") {
+		os.Exit(certDirMain(os.Args[1], os.Args[2:]))
+	}
 	if len(os.Args) < 2 || (os.Args[1] != "up" && os.Args[1] != "rotate") {
-		fmt.Fprintln(os.Stderr, "usage: rke1-fixtures up|rotate -config cluster.yml -nodes DIR [-rotate-ca] [-service NAME]...")
+		fmt.Fprintln(os.Stderr, "usage: rke1-fixtures up|rotate -config cluster.yml -nodes DIR [-rotate-ca] [-service NAME]...\n"+
+			"       rke1-fixtures csr|check-custom -config cluster.yml [-cert-dir DIR]")
 		os.Exit(2)
 	}
 	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
