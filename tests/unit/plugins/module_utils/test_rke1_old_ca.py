@@ -92,7 +92,7 @@ def test_workloads_to_roll_skip_those_already_annotated_and_other_namespaces():
 
 
 def test_token_secrets_without_the_new_ca_are_reissued(cas):
-    old_pem, _ = cas["old"]
+    old_pem = cas["old"][0]
     new_pem, new_fp = cas["new"]
     secrets = [token_secret("stale", old_pem), token_secret("fresh", new_pem), token_secret("empty", None),
                token_secret("other-ns", old_pem, namespace="ops"),
@@ -102,7 +102,7 @@ def test_token_secrets_without_the_new_ca_are_reissued(cas):
 
 
 def test_old_ca_holders_name_each_object_with_a_reason(cas):
-    old_pem, _ = cas["old"]
+    old_pem = cas["old"][0]
     new_pem, new_fp = cas["new"]
     configmaps = [{"metadata": {"name": "kube-root-ca.crt", "namespace": "shop"}, "data": {"ca.crt": old_pem}},
                   {"metadata": {"name": "kube-root-ca.crt", "namespace": "ops"}, "data": {"ca.crt": new_pem}}]
