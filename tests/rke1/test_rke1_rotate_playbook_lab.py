@@ -5,7 +5,7 @@
 three SSH hosts of the network-namespace lab, the rke double (tests/rke1/rke_double.py) as the rke command.
 
 One story, in order (each test builds on the previous one): ``rke up`` by the double; the playbook refusing a missing
-state file; check mode; a rotation of every service; of kube-apiserver only; the refusal of nodes that disagree with the
+state file, a foreign state file, an old rke and an unreachable node; check mode; a rotation of every service; of kube-apiserver only; the refusal of nodes that disagree with the
 state file and the resumed rotation that rke had stopped after writing it; the refusal of an expired kube-ca without
 rke1_rotate_rotate_ca; the CA rotation; the restore playbook. Verdicts: openssl on the hosts' files (``verify
 -x509_strict`` against the CAs of cluster.rkestate, SHA-256 fingerprints), SHA-256 of every file on the workstation
@@ -52,7 +52,7 @@ def lab():
                    snapshots={"up": None})
 
 
-def playbook(lab, name, *args):
+def playbook(lab, name, *args, inventory=None):
     """ansible-playbook <name> (a top-level wrapper) from the collection root against the lab; (rc, output)."""
     extra = {"rke1_rotate_cluster_yml": lab["config"], "rke1_rotate_rke_command": [sys.executable, DOUBLE],
              "rke1_rotate_nodes_group": NODES_GROUP, "rke1_rotate_node_become": False,
@@ -61,7 +61,7 @@ def playbook(lab, name, *args):
                ANSIBLE_HOST_KEY_CHECKING="False", ANSIBLE_NOCOLOR="1", ANSIBLE_DEPRECATION_WARNINGS="False")
     env.pop("ANSIBLE_CONFIG", None)
     ansible_playbook = shutil.which("ansible-playbook") or os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
-    cmd = [ansible_playbook, "-i", lab["state"]["inventory"], name, "-e", json.dumps(extra)] + list(args)
+    cmd = [ansible_playbook, "-i", inventory or lab["state"]["inventory"], name, "-e", json.dumps(extra)] + list(args)
     result = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=COLLECTION, env=env, timeout=PLAYBOOK_TIMEOUT)
     output = result.stdout + result.stderr
     lab["runs"] += 1
@@ -143,6 +143,24 @@ def test_01b_foreign_state_file_and_old_rke_are_refused_before_anything_runs(lab
     assert sorted(os.listdir(str(other))) == ["cluster.rkestate", "cluster.yml"]
 
 
+def test_01c_unreachable_node_is_refused_before_anything_runs(lab, tmp_path):
+    # server3 answers no SSH: the same inventory with its port pointing nowhere (no shared connection either).
+    with open(lab["state"]["inventory"], encoding="utf-8") as handle:
+        lines = handle.read().splitlines()
+    unreachable = [line + " ansible_port=9 ansible_ssh_common_args='-o ControlMaster=no -o ControlPath=none -o ConnectTimeout=5'"
+                   if line.startswith("server3 ") else line for line in lines]
+    assert unreachable != lines
+    inventory = str(tmp_path / "inventory.ini")
+    with open(inventory, "w", encoding="utf-8") as handle:
+        handle.write("\n".join(unreachable) + "\n")
+    before = tree_digest(lab)
+    rc, output = playbook(lab, "rotate-certs-rke1.yml", inventory=inventory)
+    assert rc != 0
+    assert "nodes not reachable: server3." in output and "fix SSH access" in output, output[-3000:]
+    assert "Run rke cert rotate" not in output
+    assert tree_digest(lab) == before
+
+
 def test_02_check_mode_changes_nothing(lab):
     before = tree_digest(lab)
     rc, output = playbook(lab, "rotate-certs-rke1.yml", "--check")
@@ -183,7 +201,9 @@ def test_03_rotate_all_services(lab, tmp_path):
 
 def test_04_rotate_one_service(lab, tmp_path):
     before, state_sha = lab["snapshots"]["all"], sha256(lab["rkestate"])
-    rc, output = playbook(lab, "rotate-certs-rke1.yml", "-e", '{"rke1_rotate_services": ["kube-apiserver"]}')
+    # With privilege escalation on the nodes, as the role's default (su: the lab hosts have no sudo).
+    rc, output = playbook(lab, "rotate-certs-rke1.yml", "-e", '{"rke1_rotate_services": ["kube-apiserver"], "rke1_rotate_node_become": true}',
+                          "-e", "ansible_become_method=su")
     assert rc == 0, output[-4000:]
     assert "cert rotate --service kube-apiserver --config" in output
     assert reissued(output) == ["kube-apiserver"]
