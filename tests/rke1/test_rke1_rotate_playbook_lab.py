@@ -5,8 +5,9 @@
 three SSH hosts of the network-namespace lab, the rke double (tests/rke1/rke_double.py) as the rke command.
 
 One story, in order (each test builds on the previous one): ``rke up`` by the double; the playbook refusing a missing
-state file, a foreign state file, an old rke and an unreachable node; check mode; a rotation of every service; of kube-apiserver only; the refusal of nodes that disagree with the
-state file and the resumed rotation that rke had stopped after writing it; the refusal of an expired kube-ca without
+state file, a foreign state file, an old rke and an unreachable node; check mode; a rotation of every service; of
+kube-apiserver only (privilege escalation on the nodes); the refusal of nodes that disagree with the state file and
+the resumed rotation that rke had stopped after writing it; the refusal of an expired kube-ca without
 rke1_rotate_rotate_ca; the CA rotation; the restore playbook. Verdicts: openssl on the hosts' files (``verify
 -x509_strict`` against the CAs of cluster.rkestate, SHA-256 fingerprints), SHA-256 of every file on the workstation
 and the nodes, the double's restart logs, and ansible-playbook's exit code and messages.
