@@ -32,7 +32,9 @@ attributes:
     details:
       - Reports what it would restart and re-issue, and what holds the old CA now; changes nothing.
   diff_mode:
-    support: none
+    support: full
+    details:
+      - One line per pod deleted, workload rolled and Secret re-issued, before and after.
 options:
   rkestate:
     description: The C(cluster.rkestate) after the rotation; its C(currentState) C(kube-ca) is the new CA.
@@ -131,7 +133,11 @@ from ansible_collections.kubepki.certs.plugins.module_utils._pki.certs import fi
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.errors import InvalidInputError
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.module_edge import require_cryptography, run_engine
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.rke1_old_ca import (
+    CA_KEY,
     ROLL_ANNOTATION,
+    ROOT_CA_CONFIGMAP,
+    TOKEN_SECRET_TYPE,
+    change_diff,
     old_ca_holders,
     parse_time,
     system_pods_to_restart,
@@ -162,8 +168,8 @@ class Cluster:
 
     def snapshot(self) -> dict:
         return dict(pods=self.items("pods"),
-                    configmaps=self.items("configmaps", "--field-selector", "metadata.name=kube-root-ca.crt"),
-                    secrets=self.items("secrets", "--field-selector", "type=kubernetes.io/service-account-token"))
+                    configmaps=self.items("configmaps", "--field-selector", "metadata.name=" + ROOT_CA_CONFIGMAP),
+                    secrets=self.items("secrets", "--field-selector", "type=" + TOKEN_SECRET_TYPE))
 
 
 def new_ca(path: str) -> tuple:
@@ -209,7 +215,7 @@ def main():
         patch = json.dumps({"spec": {"template": {"metadata": {"annotations": {ROLL_ANNOTATION: marker}}}}})
         for ref in workloads:
             cluster.run("patch", ref.kind.lower(), ref.name, "--namespace", ref.namespace, "--type", "merge", "--patch", patch)
-        ca_data = json.dumps({"data": {"ca.crt": base64.b64encode(ca_pem.encode("utf-8")).decode("ascii")}})
+        ca_data = json.dumps({"data": {CA_KEY: base64.b64encode(ca_pem.encode("utf-8")).decode("ascii")}})
         for ref in secrets:
             cluster.run("patch", "secret", ref.name, "--namespace", ref.namespace, "--type", "merge", "--patch", ca_data)
         after = cluster.snapshot()
@@ -219,7 +225,11 @@ def main():
         # What the changes would take away is not listed as left.
         done = {("Pod", ref.namespace, ref.name) for ref in system_pods} | {("Secret", ref.namespace, ref.name) for ref in secrets}
         holders = [holder for holder in holders if (holder["kind"], holder["namespace"], holder["name"]) not in done]
-    module.exit_json(changed=changed, new_ca_fingerprint=fingerprint,
+    result = {}
+    if module._diff:
+        result["diff"] = change_diff(system_pods=system_pods, workloads=workloads, secrets=secrets, marker=marker,
+                                     new_fingerprint=fingerprint)
+    module.exit_json(changed=changed, new_ca_fingerprint=fingerprint, **result,
                      restarted_system_pods=[ref.label for ref in system_pods],
                      rolled_workloads=["%s %s" % (ref.kind, ref.label) for ref in workloads],
                      reissued_token_secrets=[ref.label for ref in secrets], old_ca_holders=holders)

@@ -146,3 +146,18 @@ def old_ca_holders(*, pods: list, configmaps: list, secrets: list, rotated_at: d
             holders.append(dict(kind=ref.kind, namespace=ref.namespace, name=ref.name,
                                 reason="Pod %s started before the CA rotation and may hold the old kube-ca%s" % (ref.label, _owner(pod))))
     return holders
+
+
+def change_diff(*, system_pods: list, workloads: list, secrets: list, marker: str, new_fingerprint: str) -> dict:
+    """The changes as a before/after text, one line per object (``--diff``)."""
+    before, after = [], []
+    for ref in system_pods:
+        before.append("Pod %s: started before the CA rotation" % ref.label)
+        after.append("Pod %s: deleted, its controller starts a new one" % ref.label)
+    for ref in workloads:
+        before.append("%s %s: pod template without %s=%s" % (ref.kind, ref.label, ROLL_ANNOTATION, marker))
+        after.append("%s %s: pod template with %s=%s (pods restarted)" % (ref.kind, ref.label, ROLL_ANNOTATION, marker))
+    for ref in secrets:
+        before.append("Secret %s: %s without the new kube-ca" % (ref.label, CA_KEY))
+        after.append("Secret %s: %s is the new kube-ca %s" % (ref.label, CA_KEY, new_fingerprint))
+    return {"before": "".join(line + "\n" for line in before), "after": "".join(line + "\n" for line in after)}

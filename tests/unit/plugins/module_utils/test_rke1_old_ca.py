@@ -16,6 +16,8 @@ import pytest
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.errors import InvalidInputError
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.rke1_old_ca import (
     ROLL_ANNOTATION,
+    ObjectRef,
+    change_diff,
     old_ca_holders,
     parse_time,
     pem_holds,
@@ -121,3 +123,13 @@ def test_parse_time_takes_kubernetes_timestamps_and_refuses_garbage():
     assert parse_time("2026-12-04T18:00:00") == ROTATED_AT
     with pytest.raises(InvalidInputError, match="not a timestamp"):
         parse_time("yesterday")
+
+
+def test_change_diff_has_one_line_per_object_before_and_after():
+    diff = change_diff(system_pods=[ObjectRef("Pod", "kube-system", "dns-1")], workloads=[ObjectRef("Deployment", "shop", "web")],
+                       secrets=[ObjectRef("Secret", "shop", "t")], marker="abc", new_fingerprint="AA:BB")
+    assert diff["before"].splitlines() == ["Pod kube-system/dns-1: started before the CA rotation",
+                                           "Deployment shop/web: pod template without kubepki.io/ca-rotation=abc",
+                                           "Secret shop/t: ca.crt without the new kube-ca"]
+    assert diff["after"].splitlines()[2] == "Secret shop/t: ca.crt is the new kube-ca AA:BB"
+    assert change_diff(system_pods=[], workloads=[], secrets=[], marker="abc", new_fingerprint="AA") == {"before": "", "after": ""}
