@@ -194,8 +194,11 @@ def api_ready(lab):
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     binaries = kube_binaries()
-    saved = {key: os.environ.get(key) for key in ("RKE_DOUBLE_KUBECTL", "RKE_DOUBLE_SKIP_CLUSTER_PODS")}
+    saved = {key: os.environ.get(key) for key in ("RKE_DOUBLE_KUBECTL", "RKE_DOUBLE_SKIP_CLUSTER_PODS", "KUBECACHEDIR")}
     os.environ["RKE_DOUBLE_KUBECTL"] = shutil.which("kubectl")
+    # kubectl's discovery cache (default ~/.kube/cache) goes to a temporary directory: /root/.kube is a mount point
+    # the lab harness makes and removes, and a cache left in it is a leftover of the machine's other labs.
+    os.environ["KUBECACHEDIR"] = str(tmp_path_factory.mktemp("kubectl-cache"))
     with rke1_lab("krkc-", LAB_NAME, LAB_SUBNET) as made:
         hosts = made["hosts"]
         etcd_address = hosts["server1"]["address"]
