@@ -131,7 +131,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.certs import fingerprint_sha256, load_certificates
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.errors import InvalidInputError
-from ansible_collections.kubepki.certs.plugins.module_utils._pki.module_edge import require_cryptography, run_engine
+from ansible_collections.kubepki.certs.plugins.module_utils._pki.module_edge import require_cryptography, resolve_command, run_engine
 from ansible_collections.kubepki.certs.plugins.module_utils._pki.rke1_old_ca import (
     CA_KEY,
     ROLL_ANNOTATION,
@@ -152,9 +152,9 @@ class Cluster:
 
     def __init__(self, module):
         self.module = module
-        argv = list(module.params["kubectl"])
-        if "/" not in argv[0]:
-            argv[0] = module.get_bin_path(argv[0], required=True)
+        argv = resolve_command(module, module.params["kubectl"])
+        if argv is None:
+            module.fail_json(msg="%s is not on the PATH; set kubectl to the kubectl command" % module.params["kubectl"][0])
         self.argv = argv + ["--kubeconfig", module.params["kubeconfig"], "--request-timeout", "%ds" % module.params["timeout"]]
 
     def run(self, *args) -> str:

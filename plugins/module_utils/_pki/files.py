@@ -123,10 +123,15 @@ def atomic_write(path: str, data: bytes, *, mode: int) -> None:
             raise WriteError("cannot sync directory %s: %s" % (directory, exc.strerror), path=directory) from None
 
 
+def holds(path: str, data: bytes, mode: int) -> bool:
+    """Whether ``path`` holds exactly ``data`` with ``mode`` (nothing to write)."""
+    return read_if_exists(path) == data and file_mode(path) == mode
+
+
 def write_if_changed(path: str, data: bytes, *, mode: int, check_mode: bool = False) -> bool:
     """Atomically (re)write ``path`` with ``data`` and ``mode`` unless it holds exactly that already; whether it
     changed (would change, in check mode)."""
-    if read_if_exists(path) == data and file_mode(path) == mode:
+    if holds(path, data, mode):
         return False
     if not check_mode:
         atomic_write(path, data, mode=mode)

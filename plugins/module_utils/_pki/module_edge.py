@@ -43,16 +43,21 @@ def run_engine(module, function, *args, **kwargs):
     return None  # not reached: fail_json exits
 
 
-def kubectl_command(module, layout) -> list | None:
-    """The node's admin kubectl argv from the layout table, a bare program name resolved on the PATH (None when it
-    is not there). An absolute path is returned as is: RKE2 stages it at start, so it may appear a moment later."""
-    argv = list(layout.kubectl)
+def resolve_command(module, argv) -> list | None:
+    """``argv`` with a bare program name resolved on the PATH (None when it is not there). A path is returned as is:
+    RKE2 stages its kubectl at start, so it may appear a moment later."""
+    argv = list(argv)
     if "/" not in argv[0]:
         found = module.get_bin_path(argv[0], required=False)
         if not found:
             return None
         argv[0] = found
     return argv
+
+
+def kubectl_command(module, layout) -> list | None:
+    """The node's admin kubectl argv from the layout table, resolved as :func:`resolve_command` does."""
+    return resolve_command(module, layout.kubectl)
 
 
 def fetch_cacerts(url: str, ca_file: str, timeout: float):

@@ -45,7 +45,7 @@ from ansible_collections.kubepki.certs.plugins.module_utils._pki.files import (
     PUBLIC_FILE_MODE,
     atomic_write,
     ensure_dir,
-    file_mode,
+    holds,
     read_bytes,
     read_if_exists,
 )
@@ -204,7 +204,7 @@ def _keep(cert_path: str, public_of, ca_certificate, now: datetime.datetime, req
 
 def _pending(path: str, data: bytes, mode: int) -> list:
     """``[(path, data, mode)]`` unless ``path`` holds ``data`` with ``mode`` already."""
-    if read_if_exists(path) == data and file_mode(path) == mode:
+    if holds(path, data, mode):
         return []
     return [(path, data, mode)]
 
